@@ -1,0 +1,1 @@
+"""Metrics (CA, ASR, RA, detection, DER, cost)."""
