@@ -206,6 +206,8 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
     if cfg.attack:
         attacks.get(cfg.attack)
     resume = _check_out(out, cfg_d, overwrite)
+    if resume and (out / "result.json").is_file():
+        return json.loads((out / "result.json").read_text())  # finished earlier: never redone
     prep = prepare(cfg, need_clean=getattr(spec, "needs_clean", False))
     device = pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
