@@ -349,3 +349,16 @@ def list_entries(kind: str) -> list[tuple[str, str]]:
     if reg is None:
         raise UserError(f"unknown kind {kind!r}; valid: attacks, datasets, defenses, models")
     return [(e.key, e.doc) for e in reg.entries()]
+# ---------------------------------------------------------------- bench and report
+def bench(grid: str | Path, out: str | Path, jobs: int = 1, progress: bool | None = None, log=print) -> dict[str, Any]:
+    """Run a benchmark grid (YAML) into `out`, resumably; writes `out/table.md` and `out/table.csv`."""
+    from .bench import load_grid, run_grid
+
+    return run_grid(load_grid(grid), out, jobs=jobs, progress=progress, log=log)
+
+
+def report(path: str | Path, out: str | Path | None = None) -> Path:
+    """One self-contained HTML page for a run folder or a bench folder (default `<path>/report.html`)."""
+    from .report.html import write_report
+
+    return write_report(Path(path), Path(out) if out else None)

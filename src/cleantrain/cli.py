@@ -131,6 +131,23 @@ def cmd_fetch(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from .api import bench
+
+    r = bench(a.grid, a.out, jobs=a.jobs, progress=_progress(a),
+              log=None if a.quiet else lambda m: print(m, file=sys.stderr))
+    print(f"{r['done']}/{r['cells']} runs done ({r['skipped']} earlier, {r['ran']} now, {len(r['failed'])} failed); "
+          f"table: {r['table_md']}")
+    return 1 if r["failed"] else 0
+
+
+def cmd_report(a) -> int:
+    from .api import report
+
+    print(f"wrote {report(a.dir, a.out)}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import demo
 
@@ -204,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", nargs="?", default="fashion-mnist")
     s.add_argument("--data-root")
     s.set_defaults(fn=cmd_fetch)
+
+    s = sub.add_parser("bench", help="run a benchmark grid (YAML), resumably; writes table.md / table.csv")
+    s.add_argument("--grid", required=True, help="grid YAML (see benchmarks/grids/)")
+    s.add_argument("--out", required=True, help="bench folder (rerun to continue a stopped bench)")
+    s.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("report", help="one self-contained HTML page for a run or bench folder")
+    s.add_argument("dir", help="a run folder (result.json) or a bench folder (grid.json)")
+    s.add_argument("--out", help="HTML file to write (default DIR/report.html)")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("demo", help="the main job: Fashion-MNIST, BadNets 10 %%, vanilla vs every defense")
     s.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
