@@ -288,7 +288,7 @@ def poison(cfg: RunConfig, out: str | Path, examples: str | Path | None = None, 
     if examples:
         from .report.gallery import write_examples
 
-        write_examples(prep.poisoned, Path(examples))
+        write_examples(prep.test, prep.attack, Path(examples), target=prep.target, seed=cfg.seed)
     return prep.poisoned
 
 

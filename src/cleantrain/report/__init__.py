@@ -1,0 +1,1 @@
+"""Reports: example galleries of attacks, HTML reports of runs."""
