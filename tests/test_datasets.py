@@ -307,3 +307,46 @@ def test_npz_rejects_nan_and_out_of_range_labels(tmp_path):
     ok = np.full((4, 8, 8), 0.5, np.float32)
     np.savez(tmp_path / "ok.npz", x=ok, y=np.array([0, 1, 0, 1]))
     assert (load_dataset("npz", tmp_path / "ok.npz")[0].x == 128).all()  # floats in [0, 1] are scaled
+
+
+# ----------------------------------------------------------------- downloads (file:// URLs, no network)
+def test_cifar_download_checks_md5_into_the_cache(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from cleantrain.data import cifar
+    from cleantrain.data.download import file_hash
+
+    members, xtr, *_ = cifar10_members()
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = write_tar(served / "cifar-10-binary.tar.gz", members)
+    monkeypatch.setenv("CLEANTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cifar, "URL", served.as_uri() + "/")
+    monkeypatch.setattr(cifar, "CIFAR10", replace(cifar.CIFAR10, md5="0" * 32))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_dataset("cifar10")
+    assert not (tmp_path / "cache/cifar10/cifar-10-binary.tar.gz").exists()  # nothing half-written kept
+    monkeypatch.setattr(cifar, "CIFAR10", replace(cifar.CIFAR10, md5=file_hash(archive)))
+    train, _ = load_dataset("cifar10")
+    assert np.array_equal(train.x.numpy(), xtr)
+    assert (tmp_path / "cache/cifar10/cifar-10-binary.tar.gz").is_file()
+
+
+def test_gtsrb_download_and_decoded_cache(tmp_path, monkeypatch):
+    from cleantrain.data import gtsrb
+    from cleantrain.data.download import file_hash
+
+    served = write_gtsrb(tmp_path)
+    monkeypatch.setenv("CLEANTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gtsrb, "URL", served.as_uri() + "/")
+    monkeypatch.setattr(gtsrb, "MD5", {n: file_hash(served / n) for n in gtsrb.MD5})
+    train, test = load_dataset("gtsrb")
+    assert sorted(train.y.tolist()) == [0, 0, 5, 5, 42, 42] and test.y.tolist() == [42, 5]
+    assert list((tmp_path / "cache/gtsrb").glob("*.npz"))
+
+    def no_decoding(*a):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr(gtsrb, "_train", no_decoding)
+    again, again_test = load_dataset("gtsrb")
+    assert torch.equal(again.x, train.x) and torch.equal(again_test.y, test.y) and not again.hflip
