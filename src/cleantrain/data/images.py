@@ -49,10 +49,3 @@ def to_array(img: Image.Image, size: tuple[int, int] | None, rgb: bool) -> np.nd
     a = np.asarray(img, dtype=np.uint8)
     return a.transpose(2, 0, 1) if rgb else a[None]
 
-
-def is_grey(img: Image.Image) -> bool:
-    """True when the image carries no colour (a grey mode, or equal RGB channels)."""
-    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
-        return True
-    a = np.asarray(img.convert("RGB"))
-    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())

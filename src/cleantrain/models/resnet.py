@@ -17,6 +17,8 @@ following methods.md: the convs of layer2–layer4 and their downsample paths.
   their input slice would cut the identity path too. Known limit (methods.md):
   the identity path is untouched, so what earlier blocks wrote into a reset
   channel still flows past it.
+Recording: `unit.conv`'s output is the raw conv output (before BN and ReLU);
+methods.md records downsample paths *after* their BN, i.e. `unit.bn`'s output.
 """
 
 from __future__ import annotations
