@@ -20,9 +20,13 @@
 
 A defense entry may also carry `train:` (TrainSettings overrides), `set:`
 (any other run setting, dotted keys as on the command line) and `preset:`
-(a YAML file of `train:` / `defense_opts:` / other settings, resolved
-beside the grid file or in the package's `presets/`). Every cell becomes a
-`RunConfig`, validated before anything runs.
+(a YAML file of `train:` / `defense_opts:` / other settings such as the
+ones in `configs/`, resolved beside the grid file, from the working folder,
+or in the package's `presets/`; its dataset / model / defense keys are
+ignored, since the grid decides what runs on what). Precedence, lowest
+first: the grid's settings, `defense_opts`, the preset, the entry's own
+`opts` / `train` / `set`. Every cell becomes a `RunConfig`, validated
+before anything runs.
 """
 
 from __future__ import annotations
@@ -123,8 +127,8 @@ def _preset(name: str, base: Path | None) -> dict[str, Any]:
         elif k in ("train", "attack_opts") and isinstance(v, dict):
             prefix = "train" if k == "train" else "attack"
             out.update({f"{prefix}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[k] = v
+        elif k not in ("dataset", "model", "defense", "attack", "rate", "target", "seed", "data"):
+            out[k] = v  # the grid, not the preset, decides what runs on what
     return out
 
 

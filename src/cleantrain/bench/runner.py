@@ -104,6 +104,21 @@ def cell_config(out: Path, cell: Cell, jobs: int) -> Path:
     return path
 
 
+def config_changed(out: Path, cell: Cell, cfg_path: Path) -> bool:
+    """Whether an unfinished run folder holds a run of another config (the grid changed): start it afresh."""
+    import json
+
+    marker = cell_dir(out, cell) / "run.json"
+    if not marker.is_file():
+        return False
+    try:
+        earlier = json.loads(marker.read_text()).get("config")
+    except (ValueError, AttributeError):
+        return True
+    now = json.loads(json.dumps(yaml.safe_load(cfg_path.read_text()), default=str))
+    return earlier != now
+
+
 def _record_failure(store: RunStore, out: Path, cell: Cell, since: float, error: str) -> None:
     """Record the failure unless the run recorded it itself (api.train does once it has started)."""
     rel = str(Path("runs") / cell.id)
@@ -195,6 +210,10 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
                 cenv = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
                 cmd = [sys.executable, "-m", "cleantrain.bench.worker", "--config", str(cfg_path.relative_to(out)),
                        "--out", str(Path("runs") / cell.id), "--db", "runs.db", "--quiet"]
+                if config_changed(out, cell, cfg_path):
+                    cmd.append("--overwrite")
+                    logf.write("config changed since the last start: starting afresh\n")
+                    logf.flush()
                 proc = subprocess.Popen(cmd, cwd=out, env=cenv, stdout=logf, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
                 running.append(Running(cell, proc, time.time(), logf))
