@@ -362,3 +362,36 @@ def report(path: str | Path, out: str | Path | None = None) -> Path:
     from .report.html import write_report
 
     return write_report(Path(path), Path(out) if out else None)
+
+
+# ---------------------------------------------------------------- trigger-inversion scan
+def scan(model_path: str | Path, cfg: RunConfig, out_dir: str | Path | None = None, *, images: int | None = None,
+         steps: int | None = None, bounds: list[float] | None = None, labels: list[int] | None = None,
+         allow_pickle_weights: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    """Neural-Cleanse-style trigger inversion on clean test images: per mask-size bound, the best
+    flip rate (REASR) and its label; writes `scan.json` and trigger PNGs into `out_dir` when given."""
+    import sys
+
+    from .evaluate.scan import ScanSettings, save_pngs, scan as run_scan
+
+    opts = {k: v for k, v in (("images", images), ("steps", steps), ("bounds", bounds), ("labels", labels),
+                              ("seed", cfg.seed)) if v is not None}
+    settings = build(ScanSettings, opts, where="scan")
+    model, info = load_model(model_path, allow_pickle_weights)
+    prep = prepare(dataclasses.replace(cfg, attack=None, attack_opts={}))
+    clean = prep.test
+    if clean.shape[0] != info["in_channels"] or clean.shape[1] != info["image_size"] or clean.num_classes != info["num_classes"]:
+        raise UserError(f"{model_path}: model is for {info['in_channels']}×{info['image_size']} px, "
+                        f"{info['num_classes']} classes; the data does not match")
+    device = pick_device(cfg.device)
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    t0 = time.perf_counter()
+    res = run_scan(model, clean, settings, device=device,
+                   progress=progress if progress is not None else sys.stderr.isatty())
+    result = {"model": str(model_path), "dataset": clean.name, "classes": list(clean.classes), **res.to_dict(),
+              "settings": as_dict(settings), "wall_seconds": round(time.perf_counter() - t0, 3)}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        result["pngs"] = [str(p) for p in save_pngs(res, out_dir)]
+        write_json(out_dir / "scan.json", result)
+    return result

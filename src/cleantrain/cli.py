@@ -155,6 +155,18 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_scan(a) -> int:
+    from .api import scan
+    from .evaluate.scan import format_table
+
+    cfg = _config(a)
+    r = scan(a.model_path, cfg, a.out, images=a.images, steps=a.steps, progress=_progress(a),
+             allow_pickle_weights=a.allow_pickle_weights)
+    print(format_table(r["best"], r["classes"]))
+    print(f"wrote {a.out}/scan.json and {len(r.get('pngs', []))} PNGs ({r['wall_seconds']:.1f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cleantrain", description=(
         "Train clean neural networks on possibly backdoor-poisoned data, find the poisoned samples, "
@@ -240,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("scan", help="trigger-inversion scan of a saved model: best flip rate per trigger-size bound",
+                       epilog=EPILOG)
+    _common_data(s)
+    s.add_argument("--model", dest="model_path", required=True, help="model.safetensors written by `cleantrain train`")
+    s.add_argument("--out", default="scan", help="folder for scan.json and trigger PNGs (default scan)")
+    s.add_argument("--images", type=int, help="clean images to optimise on (as many more measure the flip rate)")
+    s.add_argument("--steps", type=int, help="optimisation steps (default 150)")
+    s.add_argument("--allow-pickle-weights", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_scan)
     return p
 
 
