@@ -28,6 +28,7 @@ from .evaluate.metrics import detection, model_metrics, peak_rss_mb
 from .registry import attacks, datasets, defenses, models
 from .store.artifacts import load_model, save_model, write_csv, write_json
 from .store.runs import RunStore
+from .train import dist
 from .train.settings import TrainSettings
 from .train.trainer import Trainer, pick_device
 
@@ -205,21 +206,28 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
     models.get(cfg.model)
     if cfg.attack:
         attacks.get(cfg.attack)
-    resume = _check_out(out, cfg_d, overwrite)
-    if resume and (out / "result.json").is_file():
+    dist.init()  # under torchrun: join the ranks; rank 0 alone checks and writes the folder and the store
+    main = dist.is_main()
+    log = log if main else None
+    resume = dist.broadcast_flag(_check_out(out, cfg_d, overwrite) if main else False)
+    if resume and dist.broadcast_flag((out / "result.json").is_file()):
         return json.loads((out / "result.json").read_text())  # finished earlier: never redone
     prep = prepare(cfg, need_clean=getattr(spec, "needs_clean", False))
     device = pick_device(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN_MARKER, {"config": cfg_d, "started": time.time()})
-    store = _store_for(out, db)
-    run_id = store.start(out, cfg_d)
+    store, run_id = None, 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / RUN_MARKER, {"config": cfg_d, "started": time.time()})
+        store = _store_for(out, db)
+        run_id = store.start(out, cfg_d)
     try:
         result = _train(cfg, cfg_d, prep, dsettings, device, out, resume, progress, log)
     except BaseException as e:
-        store.fail(run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        if store is not None:
+            store.fail(run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         raise
-    store.finish(run_id, {k: v for k, v in result.items() if k not in ("config", "history")})
+    if store is not None:
+        store.finish(run_id, {k: v for k, v in result.items() if k not in ("config", "history")})
     return result
 
 
@@ -257,11 +265,12 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
         "config": cfg_d,
         "history": trainer.history,
     }
-    save_model(res.model, out / "model.safetensors", cfg.model, train_data.shape[1], train_data.classes)
-    if res.scores is not None or res.flagged is not None:
-        write_suspects(out / "suspects.csv", res.scores, res.flagged)
-    write_json(out / "result.json", result)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    if dist.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        save_model(res.model, out / "model.safetensors", cfg.model, train_data.shape[1], train_data.classes)
+        if res.scores is not None or res.flagged is not None:
+            write_suspects(out / "suspects.csv", res.scores, res.flagged)
+        write_json(out / "result.json", result)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -338,7 +347,8 @@ def detect(detector: str, cfg: RunConfig, out: str | Path, overwrite: bool = Fal
                          clean=prep.clean, clean_source=prep.clean_source)
     t0 = time.perf_counter()
     det = run_detector(detector, data, ctx, dsettings)
-    write_suspects(out, det.scores, det.flagged)
+    if dist.is_main():
+        write_suspects(out, det.scores, det.flagged)
     return {"detector": detector, "n": len(data), "n_flagged": int(det.flagged.sum()),
             "detection": detection(det.flagged, det.scores, prep.poisoned),
             "wall_seconds": round(time.perf_counter() - t0, 3), "out": str(out)}

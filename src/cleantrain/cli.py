@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def cmd_train(a) -> int:
     cfg = _config(a)
     r = train(cfg, a.out, overwrite=a.overwrite, db=a.db, progress=_progress(a),
               log=None if a.quiet else lambda m: print(m, file=sys.stderr))
-    print(summary_line(cfg.defense, r))
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        print(summary_line(cfg.defense, r))
     return 0
 
 
@@ -270,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        if "LOCAL_RANK" in os.environ:  # started by torchrun: one rank of a distributed run
+            from .train.dist import run_launched
+
+            return run_launched(lambda: a.fn(a))
         return a.fn(a)
     except UserError as e:
         print(f"cleantrain: error: {e}", file=sys.stderr)

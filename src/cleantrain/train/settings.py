@@ -32,6 +32,7 @@ class TrainSettings:
     threads: int = 0  # CPU threads; 0 = all cores
     eval_batch_size: int = 1024
     eval_every: int = 1  # evaluate CA/ASR every k epochs (0 = only at the end)
+    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (GPUs only; PyTorch's SyncBN is CUDA-only)
 
     def check(self) -> None:
         if self.epochs < 0:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..data.batches import Augment, batches, to_float
 from ..data.core import ImageData
 from ..data.io import atomic_write
+from . import dist
 from .settings import TrainSettings, lr_factor
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,7 +89,10 @@ class Trainer:
         self.resume = resume
         self.stage = 0
         self.history: list[dict[str, Any]] = []  # every epoch of every stage, in order
-        torch.set_num_threads(self.s.threads or os.cpu_count() or 1)
+        torch.set_num_threads(self.s.threads or dist.cpu_threads())
+        if dist.init():  # under torchrun: this rank's GPU; progress bars on rank 0 only
+            self.device = dist.local_device(self.device)
+            self.progress = self.progress and dist.is_main()
 
     # ------------------------------------------------------------------ setup
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -166,6 +170,9 @@ class Trainer:
             g["initial_lr"] = base_lr
         aug = Augment(s.crop_pad, s.hflip, s.cutout) if augment else None
         steps_per_epoch = max(1, -(-len(data) // bs))
+        if dist.active():  # each rank: ceil(N / world) samples in batches of ceil(bs / world)
+            steps_per_epoch = max(1, -(-len(dist.shard_epoch(torch.arange(len(data)))) // dist.local_batch(bs)))
+        net = dist.wrap(model, self.device, s.sync_bn)  # DDP for forward/backward; `model` is what others see
         total = max(1, epochs * steps_per_epoch)
         stage = self._next_stage()
         fit = Fit(opt)
@@ -176,6 +183,8 @@ class Trainer:
             sum_loss = torch.zeros((), device=self.device)
             seen = 0
             stream = batches(data, bs, shuffle=True, augment=aug, generator=self.gen)
+            if dist.active():
+                stream = self._rank_batches(data, bs, aug)
             with self._bn_mode(model, bn):
                 bar = tqdm(stream, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
                            disable=not self.progress, leave=False, unit="batch")
@@ -183,9 +192,12 @@ class Trainer:
                     t = (epoch * steps_per_epoch + i) / total
                     for g in opt.param_groups:
                         g["lr"] = base_lr * lr_factor(schedule, t, s)
-                    value = self._step(model, opt, loss, x, y, idx)
+                    value = self._step(net, opt, loss, x, y, idx)
                     sum_loss += value.detach() * len(y)
                     seen += len(y)
+            if dist.active():  # every rank holds rank 0's model; the loss is over all ranks' samples
+                dist.broadcast_module(model)
+                sum_loss, seen = dist.sum_(sum_loss), int(dist.sum_(torch.tensor(seen)))
             row = {"stage": stage, "desc": desc, "epoch": epoch + 1, "loss": float(sum_loss) / max(1, seen),
                    "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
             last = epoch + 1 == epochs
@@ -220,6 +232,7 @@ class Trainer:
         fit = Fit(opt)
         if self._restore(stage, model, opt, fit) >= 1:
             return fit
+        net = dist.wrap(model, self.device, self.s.sync_bn)  # DDP: each rank takes its rows of every batch
         t0 = time.perf_counter()
         model.train()
         sum_loss = torch.zeros((), device=self.device)
@@ -227,13 +240,30 @@ class Trainer:
         with self._bn_mode(model, bn):
             for _ in tqdm(range(steps), desc=desc, disable=not self.progress, leave=False, unit="step"):
                 x, y, idx = next(it)
-                sum_loss += self._step(model, opt, loss, x.to(self.device), y.to(self.device), idx).detach()
+                if dist.active():
+                    x, y, idx = dist.split_batch(x, y, idx)
+                sum_loss += self._step(net, opt, loss, x.to(self.device), y.to(self.device), idx).detach()
+        if dist.active():
+            dist.broadcast_module(model)
+            sum_loss = dist.sum_(sum_loss) / dist.world_size()
         row = {"stage": stage, "desc": desc, "epoch": 1, "steps": steps, "loss": float(sum_loss) / max(1, steps),
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
         fit.history.append(row)
         self.history.append(row)
         self._save(stage, model, opt, fit, 1)
         return fit
+
+    def _rank_batches(self, data: ImageData, bs: int, aug: Augment | None):
+        """This rank's batches of one epoch: the epoch's permutation from the shared generator (the
+        same on every rank), every world-th sample of it, in batches of ceil(bs / world), augmented
+        with a generator of this rank's own; `idx` are rows of `data`."""
+        order = torch.randperm(len(data), generator=self.gen)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        aug_gen = torch.Generator().manual_seed(seed + dist.rank())
+        mine = dist.shard_epoch(order).to(data.device)
+        for x, y, i in batches(data.subset(mine), dist.local_batch(bs), shuffle=False, augment=aug,
+                               generator=aug_gen):
+            yield x, y, mine[i]
 
     def _step(self, model, opt, loss: LossFn, x, y, idx) -> torch.Tensor:
         with self._autocast():
@@ -253,13 +283,21 @@ class Trainer:
         model.eval()
         outs = []
         data = data.to(self.device)
+        n = len(data)
+        if dist.active():  # this rank's block of rows; gathered back in dataset order below
+            data = data.subset(dist.shard_rows(n).to(data.device))
         try:
             for x, y, _ in batches(data, batch_size or self.s.eval_batch_size, shuffle=False):
                 with self._autocast():
                     outs.append(fn(self._input(x), y).float())
         finally:
             model.train(was)
-        return torch.cat(outs) if outs else torch.empty(0)
+        return self._gathered(torch.cat(outs) if outs else torch.empty(0), n)
+
+    @staticmethod
+    def _gathered(t: torch.Tensor, n: int) -> torch.Tensor:
+        """All ranks' blocks of a sharded pass in rank (= dataset) order, padding trimmed: N rows."""
+        return dist.all_gather_rows(t)[:n] if dist.active() else t
 
     def logits(self, model: nn.Module, data: ImageData) -> torch.Tensor:
         """N×K logits in dataset order, eval mode, no augmentation."""
@@ -287,7 +325,7 @@ class Trainer:
         finally:
             for h in hooks:
                 h.remove()
-        return [torch.cat(s) for s in store]
+        return [self._gathered(torch.cat(s), len(data)) for s in store]
 
     # ------------------------------------------------------------ checkpoints
     def _next_stage(self) -> int:
@@ -300,7 +338,7 @@ class Trainer:
                 self.checkpoint_dir / f"stage{stage:03d}.json")
 
     def _save(self, stage: int, model: nn.Module, opt: torch.optim.Optimizer, fit: Fit, epochs_done: int) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not dist.is_main():  # rank 0 writes
             return
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().contiguous().cpu()
                                             for k, v in model.state_dict().items()}
