@@ -1,0 +1,167 @@
+"""CT (confusion training) and the baseline detectors SS, AC, SCAn, STRIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cleantrain.attacks import make_attack
+from cleantrain.data.core import POISON
+from cleantrain.defenses.base import DefenseContext, defense_settings, run_detector
+from cleantrain.defenses.ct import (
+    class_weights,
+    confusion_labels,
+    distill,
+    inspection_loss,
+    likelihood_ratio_filter,
+    mixed_batches,
+    reserved_clean,
+)
+from cleantrain.defenses.ss import spectral_scores
+from cleantrain.errors import UserError
+from cleantrain.evaluate.metrics import detection
+from cleantrain.train import Trainer, TrainSettings
+
+# a CT schedule scaled down to a 3 000-sample subset: 3 rounds, short pretraining and confusion
+TINY_CT = {"distillation_ratios": [0.2, 0.04], "class_floor": [50, 100], "pretrain_epochs": [2, 4, 8],
+           "confusion_iters": [150, 150, 150], "confusion_lr": [1e-3, 1e-2, 1e-2], "lambdas": [20, 30, 15],
+           "batch_factors": [2, 2, 2], "base_epochs": 2}
+
+
+def context(data, clean=None, epochs=2, seed=0):
+    mean, std = data.channel_stats()
+    trainer = Trainer(TrainSettings(epochs=epochs, threads=0), "cpu", seed, progress=False)
+    return DefenseContext(trainer, "small-cnn", data.shape, data.num_classes, mean, std, seed,
+                          clean=clean, clean_source="test split" if clean is not None else "none")
+
+
+# ------------------------------------------------------------ confusion labels
+@pytest.mark.parametrize("k", [2, 3, 10])
+def test_confusion_label_never_equals_teacher_prediction(k):
+    g = torch.Generator().manual_seed(k)
+    rho, offsets = 0, set()
+    for t in range(2000):
+        p = torch.randint(0, k, (32,), generator=g)
+        label, rho = confusion_labels(p, t, rho, k)
+        assert ((label >= 0) & (label < k)).all()
+        assert (label != p).all(), f"step {t}: a confusion label equals the teacher's prediction"
+        offsets.add(int((label[0] - p[0]) % k))
+    assert offsets == set(range(1, k))  # every wrong class is used, so the confusion is uniform
+
+
+def test_mixed_batches_interleave_clean_and_inspection_rows(small):
+    train, test = small
+    clean, pool = test.head(200), train.head(300)
+    teacher = torch.randint(0, 10, (len(clean),))
+    stream = mixed_batches(clean, teacher, pool, 16, 3, torch.Generator().manual_seed(0))
+    for t in range(9):
+        x, y, idx = next(stream)
+        n_pool = int((idx >= 0).sum())
+        assert n_pool == (16 if t % 3 == 0 else 0) and int((idx < 0).sum()) == 16
+        assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+        assert torch.equal(y[idx >= 0], pool.y[idx[idx >= 0]])
+
+
+def test_inspection_loss_weights_and_lambda():
+    logits = torch.randn(6, 3)
+    y = torch.tensor([0, 1, 2, 0, 0, 1])
+    idx = torch.tensor([-1, -1, -1, 4, 7, 9])
+    w = torch.tensor([1.0, 2.0, 4.0])
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    inv = 1 / w[y[3:]]
+    expect = (9 * ce[:3].mean() + (ce[3:] * inv).sum() / inv.sum()) / 10
+    assert torch.allclose(inspection_loss(10.0, w)(logits, y, idx), expect)
+    only_clean = torch.full((6,), -1)
+    assert torch.allclose(inspection_loss(10.0, w)(logits, y, only_clean), ce.mean())
+    assert torch.allclose(class_weights(torch.tensor([0, 0, 0, 1]), 3, 0.001),
+                          torch.sqrt(torch.tensor([0.75, 0.25, 0.0]) + 0.001))
+
+
+def test_distill_keeps_lowest_losses_and_tops_up_each_class():
+    y = torch.arange(1000) % 4
+    losses = torch.rand(1000, generator=torch.Generator().manual_seed(0)) + (y == 3) * 10.0
+    keep = distill(losses, y, 4, 0.1, 50)
+    assert int(keep.sum()) == 100 + 250 // 50  # class 3 was topped up to ⌊250/50⌋
+    assert int(keep[y == 3].sum()) == 5
+    lowest3 = torch.argsort(torch.where(y == 3, losses, torch.tensor(1e9)))[:5]
+    assert keep[lowest3].all()
+
+
+# ------------------------------------------------------------- final filter
+def test_filter_flags_a_planted_cluster_and_leaves_single_gaussians_alone():
+    rng = np.random.default_rng(0)
+    k, per, dim = 4, 300, 32
+    feats = rng.normal(size=(k * per, dim))
+    y = np.repeat(np.arange(k), per)
+    pred = (y + 1) % k  # the confused model gets the clean samples wrong
+    planted = np.zeros(k * per, dtype=bool)
+    planted[per * 2: per * 2 + 20] = True  # class 2: a separable cluster it still fits
+    feats[planted] += 8.0
+    pred[planted] = 2
+    lone = rng.choice(np.flatnonzero(y == 1), 20, replace=False)  # class 1: fitted points from the same Gaussian
+    pred[lone] = 1
+    flagged, ratio = likelihood_ratio_filter(feats, y, pred, k)
+    assert np.array_equal(flagged, planted)
+    assert ratio[2] > 2.0 and ratio[1] < 1.5 and ratio[0] == 1.0 and ratio[3] == 1.0
+
+
+# ------------------------------------------------------------ CT end to end
+@pytest.fixture(scope="module")
+def badnets_1pct(fmnist):
+    train, test = fmnist
+    sub = train.head(3000, seed=2)
+    pd = make_attack("badnets", {}, sub.shape, sub.num_classes).poison(sub, 0.01, 0, seed=2)
+    return pd, test.head(400, seed=3)
+
+
+def test_ct_finds_badnets_at_one_percent(badnets_1pct):
+    pd, clean = badnets_1pct
+    ctx = context(pd.data, clean)
+    det = run_detector("ct", pd.data, ctx, defense_settings("ct", TINY_CT))
+    m = detection(det.flagged, det.scores, pd)
+    assert m["n_poison"] == 30
+    assert m["tpr"] >= 0.9, m
+    assert m["fpr"] <= 0.02, m
+    assert det.info["flagged_classes"] == [0] and not det.info["weaker_clean_set"]
+    assert len(det.info["rounds"]) == 3
+
+
+def test_ct_without_clean_set_is_a_clear_error(badnets_1pct):
+    pd, _ = badnets_1pct
+    with pytest.raises(UserError, match="reserved clean set.*--clean-set.*--clean-data.*clean_from=trusted"):
+        run_detector("ct", pd.data, context(pd.data), defense_settings("ct", TINY_CT))
+
+
+def test_settings_check_per_round_lengths():
+    with pytest.raises(UserError, match="one value per round"):
+        defense_settings("ct", {"lambdas": [20, 20]})
+    with pytest.raises(UserError, match="another detector"):
+        defense_settings("ct", {"trusted_detector": "ct"})
+
+
+# ---------------------------------------------------------------- baselines
+def test_baselines_return_one_score_per_sample_and_share_one_model(badnets_1pct):
+    pd, clean = badnets_1pct
+    data = pd.data.head(1500, seed=0)
+    ctx = context(data, clean, epochs=1)
+    for key, opts in [("ss", {}), ("ac", {}), ("scan", {}), ("strip", {"overlays": 4})]:
+        det = run_detector(key, data, ctx, defense_settings(key, opts))
+        assert det.scores.shape == (len(data),) and torch.isfinite(det.scores).all(), key
+        assert det.flagged.shape == (len(data),) and det.flagged.dtype == torch.bool, key
+    normal_fits = [h for h in ctx.trainer.history if h["desc"] == "normal"]
+    assert len(normal_fits) == 1  # trained once, then taken from the cache
+    # the weaker option: C from the samples SS trusts most, marked as such
+    c, source, weaker = reserved_clean(data, ctx, defense_settings("ct", {"clean_from": "trusted",
+                                                                         "trusted_size": 100}))
+    assert weaker and "WEAKER" in source and len(c) == 100
+    assert (torch.bincount(c.y, minlength=10) == 10).all()
+
+
+def test_spectral_signature_flags_a_planted_cluster():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(500, 64))
+    feats[:25] += 2.5  # a shifted group: 5 % of the class
+    scores = spectral_scores(torch.from_numpy(feats).float())
+    top = torch.argsort(scores, descending=True)[:25]
+    assert set(top.tolist()) == set(range(25))
