@@ -70,13 +70,14 @@ def fresh_model(seed: int = 0):
 
 def passes(model_path: Path, n: int) -> dict[str, torch.Tensor]:
     """per_sample_loss / logits / predict / features / activations of a trained model on n samples, then
-    one epoch of DDP training from a fixed init (no augmentation, BN in eval mode: gradients then do not
-    depend on how a batch is split, so two ranks must match one process)."""
+    one epoch of DDP training (`fit`) and 4 steps of `fit_steps` from fixed inits (no augmentation, BN in
+    eval mode: gradients then do not depend on how a batch is split, so two ranks must match one process)."""
     from cleantrain.data.io import load_dataset
     from cleantrain.store.artifacts import load_model
     from cleantrain.train import dist
     from cleantrain.train.settings import TrainSettings
-    from cleantrain.train.trainer import Trainer
+    from cleantrain.data.batches import batches
+    from cleantrain.train.trainer import Trainer, cross_entropy
 
     train, _ = load_dataset("fashion-mnist")
     data = train.head(n, seed=3)
@@ -92,6 +93,10 @@ def passes(model_path: Path, n: int) -> dict[str, torch.Tensor]:
                 lr=0.05, batch_size=128, evaluate=False)
     out["fit_loss"] = torch.tensor(fit.history[-1]["loss"])
     out.update({f"w.{k}": v for k, v in fresh.state_dict().items()})
+    stepped = fresh_model(1)  # fit_steps: every rank draws the same batch and takes its rows of it
+    stream = batches(train.head(512, seed=6), 128, shuffle=True, generator=torch.Generator().manual_seed(2))
+    t.fit_steps(stepped, stream, 4, loss=cross_entropy(), lr=0.05, bn="eval")
+    out.update({f"s.{k}": v for k, v in stepped.state_dict().items()})
     return out
 
 

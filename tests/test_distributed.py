@@ -23,7 +23,7 @@ from cleantrain.train import dist
 TESTS = Path(__file__).parent
 WORKER = TESTS / "dist_worker.py"
 N = 1001  # odd: the last rank's block of a whole-set pass is padded, then trimmed
-COMMON = ["--train-size", "1000", "--test-size", "500", "--epochs", "1", "--set", "train.threads=1", "--quiet"]
+COMMON = ["--train-size", "600", "--test-size", "200", "--epochs", "1", "--set", "train.threads=1", "--quiet"]
 
 
 def torchrun(log_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -77,7 +77,7 @@ def single(launched):
 def test_two_ranks_train_and_write_once(launched):
     log_dir, p = launched
     result = check_one_writer(log_dir, p, 0, "vanilla")
-    assert result["n_train"] == 1000 and len(result["history"]) == 1
+    assert result["n_train"] == 600 and len(result["history"]) == 1
     assert 0 <= result["clean_acc"] <= 1
     files = sorted(f.name for f in (log_dir / "vanilla").iterdir())
     assert files == ["model.safetensors", "result.json", "run.json"]
@@ -118,14 +118,29 @@ def test_ddp_epoch_equals_one_process(launched, single):
     assert abs(float(got["fit_loss"]) - float(want["fit_loss"])) < 1e-4
 
 
+def test_ddp_steps_equal_one_process(launched, single):
+    """`fit_steps` (CT's mixed batches): each rank trains on its rows of the batch all ranks drew."""
+    from safetensors.torch import load_file
+
+    import dist_worker
+
+    log_dir, p = launched
+    assert p.returncode == 0, p.stderr[-4000:]
+    got = load_file(str(log_dir / "passes.safetensors"))
+    init = dist_worker.fresh_model(1).state_dict()
+    assert max(float((single[f"s.{k}"] - v).abs().max()) for k, v in init.items()) > 1e-3
+    for k in init:
+        torch.testing.assert_close(got[f"s.{k}"], single[f"s.{k}"], rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_abl_two_ranks(launched):
     log_dir, p = launched
     result = check_one_writer(log_dir, p, 1, "abl")
     assert writes(log_dir, 1, 0).count("suspects.csv") == 1
     lines = (log_dir / "abl" / "suspects.csv").read_text().splitlines()
-    assert lines[0] == "index,score,flagged" and len(lines) == 1001
-    assert sorted(int(line.split(",")[0]) for line in lines[1:]) == list(range(1000))
-    assert result["defense_info"]["n_isolated"] == 10 == result["detection"]["n_flagged"]
+    assert lines[0] == "index,score,flagged" and len(lines) == 601
+    assert sorted(int(line.split(",")[0]) for line in lines[1:]) == list(range(600))
+    assert result["defense_info"]["n_isolated"] == 6 == result["detection"]["n_flagged"]
     assert [h["desc"] for h in result["history"]][:2] == ["isolation", "finetune"]
 
 
