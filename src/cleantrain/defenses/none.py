@@ -172,6 +172,10 @@ def reset_channels(units: list[ConvUnit], selected: list[torch.Tensor]) -> None:
             _zero_inputs(consumer, unit.conv.out_channels, idx)
 
 
+def _spatial_max(out: torch.Tensor) -> torch.Tensor:
+    return out.amax(dim=(2, 3)) if out.dim() == 4 else out
+
+
 @dataclass
 class Round:
     scores: torch.Tensor  # N sample scores
@@ -184,8 +188,9 @@ def analyse(trainer, model, data: ImageData, lambda_h: float, lambda_l: float, f
     units = model.conv_units()
     if not units:
         raise UserError("none: the model declares no conv units to monitor")
-    acts = trainer.activations(model, data, [u.conv for u in units], reduce=lambda out: out.amax(dim=(2, 3)))
-    probs = torch.softmax(trainer.logits(model, data), 1)
+    # one pass: each conv's per-channel spatial max, and the model's own output (its logits)
+    *acts, logits = trainer.activations(model, data, [u.conv for u in units] + [model], reduce=_spatial_max)
+    probs = torch.softmax(logits, 1)
     selected = select_channels(channel_scores(acts, probs, lambda_h, lambda_l), fraction)
     scores = sample_scores(acts, selected).cpu()
     return Round(scores, jenks_two(scores), [s.cpu() for s in selected])
