@@ -58,7 +58,11 @@ def cell(attack: str | None, epochs: int, args, rate: float | None = None) -> di
     name = f"{attack or 'none'}-e{epochs}" if rate == args.rate else f"{attack}-r{rate:g}-e{epochs}"
     path = BENCH / f"{name}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if attack == "tact" and "tact" not in row:  # added after the first cells ran
+            row["tact"] = tact_specificity(BENCH / "runs" / name, row["settings"])
+            write_json(path, row)
+        return row
     opts = {"trigger": custom_trigger()} if attack == "custom" else {}
     over = {"attack": attack or "none", "rate": rate, "defense": "vanilla", "train_size": args.train_size,
             "seed": args.seed, "train.epochs": epochs, "train.threads": 1}
@@ -70,9 +74,44 @@ def cell(attack: str | None, epochs: int, args, rate: float | None = None) -> di
            "robust_acc": res["robust_acc"], "poison_counts": res["poison_counts"],
            "wall_seconds": res["wall_seconds"], "history": res["history"],
            "settings": res["config"]["attack_opts"], "commit": commit()}
+    if attack == "tact":
+        row["tact"] = tact_specificity(BENCH / "runs" / name, row["settings"])
     write_json(path, row)
     print(f"[attack_sanity] {name}: CA {row['clean_acc']:.4f} ASR {row['asr']}", flush=True)
     return row
+
+
+def tact_specificity(run_dir: Path, settings: dict) -> dict | None:
+    """Share of test images predicted as the target: clean source-class images, and triggered
+    images of the cover classes and of the other classes (TaCT's trigger should only work on the source)."""
+    model_file = run_dir / "model.safetensors"
+    if not model_file.is_file():
+        return None
+    import torch
+
+    from cleantrain.attacks import make_attack
+    from cleantrain.data.core import ImageData
+    from cleantrain.data.io import load_dataset
+    from cleantrain.store.artifacts import load_model
+    from cleantrain.train import Trainer, TrainSettings
+
+    _, test = load_dataset("fashion-mnist")
+    att = make_attack("tact", settings, test.shape, test.num_classes)
+    model, _ = load_model(model_file)
+    trainer = Trainer(TrainSettings(threads=1), torch.device("cpu"), progress=False)
+    s, covers = att.s, set(att.s.cover_classes)
+
+    def to_target(mask, triggered):
+        x = test.x[mask]
+        x = att.apply(x) if triggered else x
+        pred = trainer.predict(model, ImageData(x, test.y[mask], test.classes, hflip=False))
+        return round(float((pred == 0).float().mean()), 4)
+
+    y = test.y
+    others = ~torch.isin(y, torch.tensor([0, s.source, *covers]))
+    return {"clean_source_to_target": to_target(y == s.source, False),
+            "triggered_cover_to_target": to_target(torch.isin(y, torch.tensor(sorted(covers))), True),
+            "triggered_other_to_target": to_target(others, True)}
 
 
 def commit() -> str:
@@ -109,6 +148,15 @@ def table(rows: list[dict], args) -> str:
         goal = ("met" if (r["asr"] or 0) >= 0.9 else "**missed**") if r["attack"] in TARGETED and main_cell else ""
         lines.append(f"| {r['attack']} | {rate:g} | {r['epochs']} | {fmt(r['clean_acc'])} | {fmt(r['asr'])} | "
                      f"{fmt(r['robust_acc'])} | {c['poison']} | {c['cover']} | {goal} | {r['commit']} |")
+    tact = [r for r in rows if r.get("tact")]
+    if tact:
+        lines += ["", "TaCT specificity (share of test images predicted as the target; target 0, source 1, "
+                  "covers 5 and 7):", "", "| rate | epochs | clean source images | triggered cover-class images "
+                  "| triggered other classes |", "| --- | --- | --- | --- | --- |"]
+        for r in tact:
+            t = r["tact"]
+            lines.append(f"| {r.get('rate', args.rate):g} | {r['epochs']} | {t['clean_source_to_target']:.3f} | "
+                         f"{t['triggered_cover_to_target']:.3f} | {t['triggered_other_to_target']:.3f} |")
     lines += ["", "ASR per epoch (from the run history):", ""]
     for r in rows:
         if r["asr"] is not None:
