@@ -121,7 +121,8 @@ def cmd_detect(a) -> int:
 
     cfg = _config(a)
     r = detect(a.detector, cfg, a.out, overwrite=a.overwrite, progress=_progress(a))
-    print(json.dumps(r))
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        print(json.dumps(r))
     return 0
 
 
