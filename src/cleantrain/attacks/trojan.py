@@ -34,11 +34,12 @@ class Trojan(Attack):
 
     def __init__(self, s: TrojanSettings, shape, num_classes):
         super().__init__(s, shape, num_classes)
-        check_size(self.key or "trojan", self.h, self.w)
+        name = type(self).__name__.lower()  # "trojan", or "tact" for the subclass
+        check_size(name, self.h, self.w)
         side = min(self.h, self.w)
         self.size, self.margin = scaled(s.size, side), (scaled(s.margin, side) if s.margin else 0)
         if self.size + self.margin > side:
-            raise UserError(f"trojan: a {self.size}-px patch at margin {self.margin} does not fit {self.h}×{self.w} images")
+            raise UserError(f"{name}: a {self.size}-px patch at margin {self.margin} does not fit {self.h}×{self.w} images")
         if s.pattern == "rings":
             self.patch = rings(self.size).expand(self.c, -1, -1)
         else:
