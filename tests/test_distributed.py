@@ -181,3 +181,24 @@ def test_single_process_is_untouched():
     assert dist.is_main() and dist.world_size() == 1 and dist.rank() == 0
     t = torch.arange(6.0).view(3, 2)
     assert dist.all_gather_rows(t) is t and dist.sum_(t) is t
+
+
+def test_bench_pins_one_run_per_gpu():
+    from cleantrain.bench.gpus import pick_gpu, visible_gpus
+
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == [] == visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"})
+    if not torch.cuda.is_available():
+        assert visible_gpus({}) == []
+    gpus = ["0", "1", "2", "3"]
+    busy: list[str | None] = []
+    for _ in range(4):
+        busy.append(pick_gpu(gpus, busy))
+    assert sorted(busy) == gpus  # 4 jobs on 4 GPUs: one each
+    busy.remove("2")
+    assert pick_gpu(gpus, busy) == "2"  # a finished run frees its GPU
+    busy = []
+    for _ in range(6):
+        busy.append(pick_gpu(["0", "1"], busy))
+    assert busy.count("0") == 3 == busy.count("1")  # more jobs than GPUs: shared evenly
+    assert pick_gpu([], [None]) is None

@@ -75,7 +75,8 @@ def init(timeout_s: float = 1800.0) -> bool:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank())  # a bare "cuda" device now means this rank's GPU
-        tdist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        # with GPUs: NCCL for CUDA tensors and gloo for CPU ones (a `--device cpu` run on a GPU node)
+        tdist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return active()
 
 
@@ -126,8 +127,14 @@ def run_launched(fn: Callable[[], int]) -> int:
 
 # ---------------------------------------------------------------- collectives
 def _comm_device(t: torch.Tensor) -> torch.device:
-    """NCCL moves CUDA tensors only; gloo moves CPU tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")
+    """Where a collective on `t` runs: gloo moves CPU tensors, NCCL CUDA ones; a group with a backend
+    per device type (cpu:gloo,cuda:nccl, what `init` makes on GPU nodes) takes `t` where it is."""
+    backend = tdist.get_backend()
+    if backend == "gloo":
+        return torch.device("cpu")
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
 
 
 def sum_(t: torch.Tensor) -> torch.Tensor:
