@@ -25,6 +25,7 @@ from .data.io import load_dataset, load_npz, save_npz
 from .defenses.base import DefenseContext, defense_settings, run_defense, run_detector
 from .errors import UserError
 from .evaluate.metrics import detection, model_metrics, peak_rss_mb
+from .models.base import make_model
 from .registry import attacks, datasets, defenses, models
 from .store.artifacts import load_model, save_model, write_csv, write_json
 from .store.runs import RunStore
@@ -68,11 +69,16 @@ class RunConfig:
 def make_config(preset: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A RunConfig from a YAML preset, then `key=value` overrides (`train.lr`, `attack.size`, `defense.gamma`)."""
     values: dict[str, Any] = load_yaml(preset) if preset else {}
+    for section in ("train", "attack_opts", "defense_opts"):
+        if not isinstance(values.get(section) or {}, dict):
+            raise UserError(f"setting {section!r} must be a mapping of settings, got {values[section]!r}")
     train_values = dict(values.pop("train", None) or {})
     attack_opts = dict(values.pop("attack_opts", None) or {})
     defense_opts = dict(values.pop("defense_opts", None) or {})
     for key, v in (overrides or {}).items():
         head, _, tail = key.partition(".")
+        if key in ("train", "attack_opts", "defense_opts"):
+            raise UserError(f"setting {key!r} is a group: set its members ({'train.lr' if key == 'train' else key + '.NAME'}=...)")
         if head == "train" and tail:
             train_values[tail] = v
         elif head == "attack" and tail:
@@ -162,6 +168,8 @@ def prepare(cfg: RunConfig, need_clean: bool = False) -> Prepared:
         clean, test = test.subset(perm[:k].sort().values), test.subset(perm[k:].sort().values)
         source = f"{k} samples held out of the {test.name or 'dataset'} test split (left out of evaluation)"
     test = test.head(cfg.test_size, seed=cfg.seed)
+    if len(torch.unique(poisoned.data.y)) < 2:
+        raise UserError(f"the training data holds a single class ({int(poisoned.data.y[0])}); need at least 2")
     return Prepared(poisoned, test, attack, target, clean, source)
 
 
@@ -213,8 +221,11 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
     if resume and dist.broadcast_flag((out / "result.json").is_file()):
         return json.loads((out / "result.json").read_text())  # finished earlier: never redone
     prep = prepare(cfg, need_clean=getattr(spec, "needs_clean", False))
+    shape = prep.poisoned.data.shape
+    make_model(cfg.model, shape[0], prep.poisoned.data.num_classes, shape[1])  # fits these images?
     device = pick_device(cfg.device)
     store, run_id = None, 0
+    created = not out.exists()
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_MARKER, {"config": cfg_d, "started": time.time()})
@@ -225,6 +236,8 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
     except BaseException as e:
         if store is not None:
             store.fail(run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        if main and created and isinstance(e, UserError):  # bad input found late: leave nothing half-written
+            shutil.rmtree(out, ignore_errors=True)
         raise
     if store is not None:
         store.finish(run_id, {k: v for k, v in result.items() if k not in ("config", "history")})
@@ -316,7 +329,7 @@ def evaluate(model_path: str | Path, cfg: RunConfig, allow_pickle_weights: bool 
 def predict(model_path: str | Path, data_path: str | Path, out: str | Path,
             allow_pickle_weights: bool = False, device: str = "auto") -> Path:
     model, info = load_model(model_path, allow_pickle_weights)
-    data = load_npz(data_path).data
+    data = load_npz(data_path, need_labels=False).data
     if data.shape[0] != info["in_channels"] or data.shape[1] != info["image_size"]:
         raise UserError(f"{data_path}: images {data.shape} do not fit the model ({info['in_channels']}×{info['image_size']} px)")
     trainer = Trainer(TrainSettings(), pick_device(device), progress=False)

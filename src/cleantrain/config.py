@@ -29,7 +29,7 @@ def parse_assignments(items: list[str] | None, what: str = "--set") -> dict[str,
             raise UserError(f"{what} {item!r}: empty key")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError):  # e.g. "2020-13-45", "!!int x"
             out[key] = raw
     return out
 
@@ -40,8 +40,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {str(p)!r} not found")
     try:
         data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}")
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, TypeError, RecursionError, OSError) as e:
+        # YAML's constructors raise ValueError/TypeError on values such as "2020-13-45" or "!!int x"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"config file {str(p)!r} is not valid YAML: {first}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -17,6 +18,7 @@ from ..registry import datasets
 from .core import CLEAN, ImageData, PoisonedData
 
 SCHEMA_VERSION = 1
+MAX_CLASSES = 100_000
 
 
 def load_dataset(key: str, root: str | Path | None = None) -> tuple[ImageData, ImageData]:
@@ -57,18 +59,66 @@ def images_to_nchw(x: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def max_data_bytes() -> int:
+    """The most bytes a data file may expand to: half the machine's memory
+    (override with CLEANTRAIN_MAX_DATA_BYTES)."""
+    env = os.environ.get("CLEANTRAIN_MAX_DATA_BYTES")
+    if env:
+        return int(env)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _check_npz_members(path: Path) -> None:
+    """Read every member's .npy header (not its data) and refuse pickled arrays and
+    headers that claim more bytes than the member holds or than memory allows, so that
+    a crafted file cannot make `np.load` allocate a vast array."""
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            name = info.filename[:-4]
+            if dtype.hasobject:
+                raise UserError(f"{path}: array {name!r} holds pickled objects, which are refused")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise UserError(f"{path}: array {name!r} claims shape {shape} ({nbytes:,} bytes) but the file "
+                                f"holds {info.file_size:,} (corrupt or truncated)")
+            total += nbytes
+    if total > max_data_bytes():
+        raise UserError(f"{path}: arrays would take {total / 2**30:.1f} GiB, more than the "
+                        f"{max_data_bytes() / 2**30:.1f} GiB allowed (CLEANTRAIN_MAX_DATA_BYTES)")
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise UserError(f"data file {str(path)!r} not found")
+        raise UserError(f"data file {str(path)!r} not found (or not a file)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a valid .npz file (not a zip archive of .npy arrays)")
     try:
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except UserError:
+        raise
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise UserError(f"{path}: holds pickled objects, which are refused")
-        raise UserError(f"{path}: not a valid .npz file ({e})")
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise UserError(f"{path}: not a valid .npz file (truncated or corrupt: {e})")
+        raise UserError(f"{path}: not a valid .npz file ({_first_line(e)})")
+    except Exception as e:  # any parser failure on a user's file is bad input, not a bug
+        raise UserError(f"{path}: not a valid .npz file (truncated or corrupt: {type(e).__name__}: {_first_line(e)})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _labels(arr: np.ndarray, n: int, k: int | None, what: str) -> np.ndarray:
@@ -89,12 +139,15 @@ def _labels(arr: np.ndarray, n: int, k: int | None, what: str) -> np.ndarray:
     return arr
 
 
-def load_npz(path: str | Path) -> PoisonedData:
+def load_npz(path: str | Path, need_labels: bool = True) -> PoisonedData:
     """Read a `.npz` written by `save_npz`, or a plain one with `x`, `y`
-    (and optionally `kind`, `original_label`, `classes`)."""
+    (and optionally `kind`, `original_label`, `classes`). With `need_labels=False`
+    a file of images only is accepted (labels all 0)."""
     path = Path(path)
     z = _read_npz(path)
     what = str(path)
+    if not need_labels and "y" not in z and "x" in z:
+        z["y"] = np.zeros(len(z["x"]) if z["x"].ndim else 0, dtype=np.int64)
     for key in ("x", "y"):
         if key not in z:
             raise UserError(f"{what}: missing array {key!r} (has: {', '.join(sorted(z)) or 'none'})")
@@ -109,6 +162,9 @@ def load_npz(path: str | Path) -> PoisonedData:
         classes = tuple(str(c) for c in z["classes"])
     y = _labels(z["y"], n, len(classes) if classes else None, what)
     if classes is None:
+        if int(y.max()) + 1 > MAX_CLASSES:
+            raise UserError(f"{what}: label {int(y.max())} implies too many classes (max {MAX_CLASSES}); "
+                            "add a 'classes' array naming them")
         classes = tuple(str(i) for i in range(max(int(y.max()) + 1, 2)))
     k = len(classes)
     original = _labels(z["original_label"], n, k, what + " original_label") if "original_label" in z else y.copy()

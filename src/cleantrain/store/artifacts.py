@@ -42,8 +42,13 @@ def _read_meta(path: Path) -> dict[str, str]:
             if n <= 0 or n > 100_000_000:
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
-        return header.get("__metadata__") or {}
-    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("metadata is not a mapping of strings")
+        return meta
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as e:
         raise UserError(f"{path}: not a safetensors model file ({e})")
 
 
@@ -77,7 +82,21 @@ def load_model(path: str | Path, allow_pickle_weights: bool = False) -> tuple[Ne
     return _build(path, info, tensors), info
 
 
+def _check_info(path: Path, info: Any) -> None:
+    """The architecture a model file claims must be one we can build."""
+    ok = (isinstance(info, dict) and isinstance(info.get("model"), str)
+          and info.get("in_channels") in (1, 3)
+          and isinstance(info.get("num_classes"), int) and 2 <= info["num_classes"] <= 100_000
+          and isinstance(info.get("image_size"), int) and 1 <= info["image_size"] <= 100_000
+          and isinstance(info.get("classes"), list) and len(info["classes"]) == info["num_classes"])
+    if not ok:
+        raise UserError(f"{path}: corrupt model file (architecture description {info!r:.200} is invalid)")
+
+
 def _build(path: Path, info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Net:
+    _check_info(path, info)
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise UserError(f"{path}: corrupt model file (weights are not a mapping of tensors)")
     c = info["in_channels"]
     model = make_model(info["model"], c, info["num_classes"], info["image_size"], [0.5] * c, [0.5] * c)
     try:
@@ -93,7 +112,8 @@ def _load_pickled(path: Path) -> tuple[Net, dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only raises UnpicklingError and others
-        raise UserError(f"{path}: refused by torch.load(weights_only=True): {str(e).splitlines()[0]}")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: refused by torch.load(weights_only=True): {first}")
     if not isinstance(obj, dict) or "state_dict" not in obj or "info" not in obj:
         raise UserError(f"{path}: expected a dict with 'state_dict' and 'info' (as cleantrain would export)")
     info = obj["info"]
