@@ -364,7 +364,8 @@ def detect(detector: str, cfg: RunConfig, out: str | Path, overwrite: bool = Fal
         write_suspects(out, det.scores, det.flagged)
     return {"detector": detector, "n": len(data), "n_flagged": int(det.flagged.sum()),
             "detection": detection(det.flagged, det.scores, prep.poisoned),
-            "wall_seconds": round(time.perf_counter() - t0, 3), "out": str(out)}
+            "wall_seconds": round(time.perf_counter() - t0, 3), "out": str(out),
+            "clean_source": prep.clean_source if prep.clean is not None else None, "info": det.info}
 
 
 def list_entries(kind: str) -> list[tuple[str, str]]:
