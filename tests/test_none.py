@@ -10,7 +10,7 @@ from torch import nn
 
 from cleantrain.attacks import make_attack
 from cleantrain.defenses.base import DefenseContext, run_defense
-from cleantrain.defenses.none import NONESettings, jenks_two, reset_channels
+from cleantrain.defenses.none import NONESettings, jenks_two, reset_channels, sample_scores, select_channels
 from cleantrain.evaluate.metrics import model_metrics
 from cleantrain.evaluate.scan import ScanSettings, bounded, scan
 from cleantrain.models import make_model
@@ -45,6 +45,15 @@ def test_jenks_degenerate_inputs_flag_nothing():
     assert not jenks_two(torch.ones(7)).any()
     assert not jenks_two(torch.tensor([3.0])).any()
     assert jenks_two(torch.tensor([0.0, 0.1, 0.2, 10.0])).tolist() == [False, False, False, True]
+
+
+def test_only_channels_with_a_positive_gap_are_selected():
+    scores = [torch.tensor([0.0, 2.0, 0.5, 0.0]), torch.zeros(5), torch.tensor([1.0, 3.0])]
+    sel = select_channels(scores, 0.5)
+    assert [s.tolist() for s in sel] == [[1, 2], [], [1]]
+    acts = [torch.rand(6, 4), torch.rand(6, 5), torch.rand(6, 2)]
+    assert torch.equal(sample_scores(acts, sel), acts[0][:, 1] + acts[2][:, 1])
+    assert not jenks_two(sample_scores(acts, [torch.tensor([], dtype=torch.long)] * 3)).any()
 
 
 # ------------------------------------------------------------------ reset

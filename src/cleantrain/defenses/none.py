@@ -26,6 +26,11 @@ Choices where the paper/code is silent or differs from our setting:
 - The fine-tune lr is constant (`schedule="constant"`), as the authors set
   every lr to `none_lr`.
 - Classes whose weak set has fewer than 2 samples are skipped when scoring.
+- Only channels with a positive score are reset: when no class has a
+  strong sample left (after earlier rounds lowered the confidence), the
+  original's zero-floored scores tie and it resets channels 0, 1, 2, … of
+  every layer, which on small-cnn in natural mode destroyed the model
+  (docs/results/none.md); we reset nothing in that case.
 - The monitored activation is the raw output of `ConvUnit.conv` for every
   unit (the paper takes downsample paths after their BN; hooking the conv is
   the same up to BN's per-channel affine map, which preserves the ranking
@@ -134,13 +139,22 @@ def channel_scores(acts: list[torch.Tensor], probs: torch.Tensor, lambda_h: floa
 
 
 def select_channels(scores: list[torch.Tensor], fraction: float) -> list[torch.Tensor]:
-    """Indices of the top ceil(fraction·C) channels of each layer, best first."""
-    return [torch.argsort(s, descending=True, stable=True)[:max(1, math.ceil(fraction * len(s)))] for s in scores]
+    """Indices of the top ceil(fraction·C) channels of each layer, best first, among those with a positive
+    score: a channel with no strong-vs-weak gap (or a model with no confident class) is never reset."""
+    out = []
+    for s in scores:
+        top = torch.argsort(s, descending=True, stable=True)[:max(1, math.ceil(fraction * len(s)))]
+        out.append(top[s[top] > 0])
+    return out
 
 
 def sample_scores(acts: list[torch.Tensor], selected: list[torch.Tensor]) -> torch.Tensor:
-    """Σ over layers of each sample's activation of the layer's top channel."""
-    return sum(a[:, idx[0]] for a, idx in zip(acts, selected))
+    """Σ over layers of each sample's activation of the layer's top channel (layers with none add 0)."""
+    total = torch.zeros(len(acts[0]), device=acts[0].device)
+    for a, idx in zip(acts, selected):
+        if len(idx):
+            total += a[:, idx[0]]
+    return total
 
 
 def _zero_inputs(module: nn.Module, channels: int, idx: torch.Tensor) -> None:
