@@ -323,6 +323,36 @@ def test_corrupt_npz_subprocess_exit_2_no_traceback(tmp_path, good_npz):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'epochs'" in r.stderr
 
 
+def test_bad_dataset_roots_and_clean_data(capsys, tmp_path):
+    """Garbage where a downloadable dataset's official files should be, and a corrupt --clean-data."""
+    rng = np.random.default_rng(0)
+    mn, c10, gt = tmp_path / "mn", tmp_path / "c10", tmp_path / "gt"
+    for d in (mn, c10, gt):
+        d.mkdir()
+    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz"):
+        (mn / f).write_bytes(rng.bytes(100))
+    (c10 / "cifar-10-binary.tar.gz").write_bytes(rng.bytes(1000))
+    for f in ("GTSRB_Final_Training_Images.zip", "GTSRB_Final_Test_Images.zip", "GTSRB_Final_Test_GT.zip"):
+        (gt / f).write_bytes(rng.bytes(500))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04" + rng.bytes(200))
+    out = tmp_path / "run"
+    for args, match in [
+        (["--dataset", "mnist", "--data-root", mn], "cannot read IDX|not an IDX"),
+        (["--dataset", "fashion-mnist", "--data-root", mn], "cannot read IDX|not an IDX"),
+        (["--dataset", "cifar10", "--data-root", c10], "cannot read tar|corrupt"),
+        (["--dataset", "cifar10", "--data-root", tmp_path / "nowhere"], "no cifar-10"),
+        (["--dataset", "gtsrb", "--data-root", gt], "zip|corrupt"),
+        (["--dataset", "folder", "--data-root", bad], "not a folder"),
+        (["--dataset", "npz", "--data-root", tmp_path], "not found"),
+        (["--dataset", "npz"], "needs a file"),
+        (["--clean-data", bad, "--train-size", "300"], "not a valid .npz"),
+    ]:
+        expect_bad(capsys, ["train", *args, "--out", out, "--quiet"], match, absent=[out, tmp_path / "runs.db"])
+    expect_bad(capsys, ["evaluate", "--model", tmp_path / "m.safetensors", "--data", bad], "not found")
+
+
 # ------------------------------------------------------- model files
 def _bad_models(tmp: Path, good: Path) -> list[tuple[str, Path, str]]:
     raw = good.read_bytes()

@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_launched(lambda: a.fn(a))
         return a.fn(a)
     except UserError as e:
-        print(f"cleantrain: error: {e}", file=sys.stderr)
+        one_line = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        print(f"cleantrain: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cleantrain: interrupted", file=sys.stderr)
