@@ -338,6 +338,8 @@ def predict(model_path: str | Path, data_path: str | Path, out: str | Path,
     classes = info["classes"]
     rows = [[i, int(p), classes[int(p)] if int(p) < len(classes) else str(int(p)), f"{float(c):.6f}"]
             for i, (p, c) in enumerate(zip(pred, conf))]
+    if not dist.is_main():  # under torchrun every rank holds the predictions; rank 0 writes them
+        return Path(out)
     return write_csv(out, ["index", "pred", "class", "confidence"], rows)
 
 
