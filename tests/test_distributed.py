@@ -202,3 +202,15 @@ def test_bench_pins_one_run_per_gpu():
         busy.append(pick_gpu(["0", "1"], busy))
     assert busy.count("0") == 3 == busy.count("1")  # more jobs than GPUs: shared evenly
     assert pick_gpu([], [None]) is None
+
+
+def test_sync_bn_on_cpu_is_a_clear_error(monkeypatch):
+    from cleantrain.errors import UserError
+
+    import dist_worker
+
+    model = dist_worker.fresh_model()
+    assert dist.wrap(model, torch.device("cpu"), sync_bn=True) is model  # one process: nothing to sync
+    monkeypatch.setattr(dist, "active", lambda: True)
+    with pytest.raises(UserError, match="sync_bn needs GPUs"):
+        dist.wrap(model, torch.device("cpu"), sync_bn=True)
