@@ -90,8 +90,8 @@ def cmd_table(a) -> None:
     for p in sorted(OUT.glob("*.json")):
         c = json.loads(p.read_text())
         cells[c["cell"]] = c
-    print("| attack | rate | model | defense | CA % | ASR % | iso. precision | iso. recall | wall s | × vanilla |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| attack | rate | model | n train | defense | CA % | ASR % | iso. precision | iso. recall | wall s | × vanilla |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for attack, rate, model in PRIORITY:
         van = cells.get(cell_id(attack, rate, model, "vanilla"))
         for name in ["vanilla", *VARIANTS]:
@@ -100,7 +100,7 @@ def cmd_table(a) -> None:
                 continue
             det = c.get("detection") or {}
             ratio = c["wall_seconds"] / van["wall_seconds"] if van and name != "vanilla" else None
-            print(f"| {attack} | {rate * 100:g} % | {model} | {name} | {fmt(c['clean_acc'])} | {fmt(c['asr'])} | "
+            print(f"| {attack} | {rate * 100:g} % | {model} | {c['n_train']} | {name} | {fmt(c['clean_acc'])} | {fmt(c['asr'])} | "
                   f"{fmt(det.get('precision'), False) if name != 'vanilla' else '–'} | "
                   f"{fmt(det.get('tpr'), False) if name != 'vanilla' else '–'} | {c['wall_seconds']:.0f} | "
                   f"{fmt(ratio, False)} |")
