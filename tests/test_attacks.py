@@ -207,6 +207,15 @@ def test_custom_trigger_files(tmp_path, trigger_png):
                                  "opacity": 0.5}, (3, 9, 9), 10)
     out = att.apply(torch.zeros(1, 3, 9, 9, dtype=torch.uint8))[0]
     assert out[:, -3:, -3:].sum(0).diagonal().tolist() == [300, 300, 300] and int(out.sum()) == 900
+    from PIL import Image
+
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[0, 0, 3] = 255  # only the top-left pixel is opaque: the alpha channel is the mask
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    out = make_attack("custom", {"trigger": str(tmp_path / "a.png")}, (1, 8, 8), 10).apply(
+        torch.zeros(1, 1, 8, 8, dtype=torch.uint8))[0, 0]
+    assert out[6, 6] == 255 and int(out.sum()) == 255
 
 
 @pytest.mark.parametrize("case", ["oversized", "missing", "garbage", "pickled", "mask-shape", "outside"])
