@@ -179,6 +179,7 @@ def main() -> None:
     r.add_argument("--natural-rounds", type=int, default=None)
     r.add_argument("--natural-finetune", type=int, default=None)
     r.add_argument("--natural-fraction", type=float, default=None)
+    r.add_argument("--natural-bn", choices=["frozen", "eval"], default=None)
     r.add_argument("--scan-images", type=int, default=200)
     r.add_argument("--scan-steps", type=int, default=150)
     r.add_argument("--only", nargs="*", help="attack keys and/or 'natural'")
@@ -189,7 +190,8 @@ def main() -> None:
     a = p.parse_args()
     if a.cmd == "run":
         a.natural = {k: v for k, v in (("rounds", a.natural_rounds), ("finetune_epochs", a.natural_finetune),
-                                       ("max_reset_fraction", a.natural_fraction)) if v is not None}
+                                       ("max_reset_fraction", a.natural_fraction), ("bn", a.natural_bn))
+                     if v is not None}
         if a.opt:
             from cleantrain.config import parse_assignments
 

@@ -73,6 +73,9 @@ class NONESettings:
     lambda_h: float = 0.9  # softmax above this = strong sample of a class
     lambda_l: float = 0.1  # softmax below this = weak sample of a class
     max_reset_fraction: float | None = None  # per layer; None = 0.05 (injected) / 0.20 (natural)
+    # how BN statistics stay frozen while fine-tuning: "frozen" normalises with batch statistics (running ones
+    # untouched); "eval" normalises with the running statistics, so training sees what evaluation sees
+    bn: Literal["frozen", "eval"] = "frozen"
 
     def check(self) -> None:
         for name in ("epochs", "rounds", "finetune_epochs"):
@@ -251,7 +254,7 @@ def none_defense(train: ImageData, ctx: DefenseContext, s: NONESettings | None) 
             "reset": {u.name: x.tolist() for u, x in zip(units, r.selected)},
         })
         fit = ctx.trainer.fit(model, train.subset(keep.to(train.y.device)), epochs=e2, lr=s.none_lr,
-                              schedule="constant", optimizer=fit.optimizer, bn="frozen",
+                              schedule="constant", optimizer=fit.optimizer, bn=s.bn,
                               desc=f"none: fine-tune {i + 1}")
         history += fit.history
     return DefenseResult(model, r.scores, r.flagged, history, info)
