@@ -17,7 +17,7 @@ from cleantrain.train import Trainer, TrainSettings
 
 # A short budget that still isolates on 4000 samples (the recipe's lr; the paper's 0.1 is tuned for CIFAR).
 FAST = dict(rule="class", isolation_epochs=8, isolation_lr=0.05, finetune_epochs=2, finetune_lr=0.05,
-            unlearn_epochs=10, unlearn_lr=5e-3, batch_size=128)
+            unlearn_loss="unlikelihood", unlearn_epochs=10, unlearn_lr=1e-4, batch_size=128)
 
 
 def make_ctx(data, seed=0, evaluator=None, epochs=2):
@@ -66,7 +66,7 @@ def test_unlearning_leaves_bn_running_stats_unchanged(badnets, bn):
     ctx.trainer.fit(model, data, epochs=1, evaluate=False)  # running stats away from their init
     bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     w_before = [p.detach().clone() for p in model.parameters()]
-    s = ABLSettings(unlearn_epochs=2, unlearn_lr=1e-2, unlearn_bn=bn)
+    s = ABLSettings(unlearn_epochs=2, unlearn_lr=1e-2, unlearn_bn=bn, unlearn_loss="unlikelihood")
     unlearn(model, data.head(200), ctx, s)
     bn_after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert bn_before and all(torch.equal(bn_before[k], bn_after[k]) for k in bn_before)
