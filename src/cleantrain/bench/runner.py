@@ -186,7 +186,10 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
     try:
         while queue or running:
             while queue and len(running) < jobs:
-                cell = queue.pop(0)
+                # prefer another poisoned set than the running ones: detectors of one set share a normal model
+                busy = {r.cell.data_id for r in running}
+                pick = next((i for i, c in enumerate(queue) if c.data_id not in busy), 0)
+                cell = queue.pop(pick)
                 if cell.data_id in bad_data:
                     t = time.time()
                     _record_failure(store, out, cell, t, bad_data[cell.data_id])
