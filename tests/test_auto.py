@@ -26,7 +26,7 @@ def poisoned(small):
 
 
 def test_settings_are_checked():
-    assert defense_settings("auto", None).detectors == ("ct", "none")
+    assert defense_settings("auto", None).detectors == ("ct",)
     with pytest.raises(UserError, match="not a detector"):
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
