@@ -34,6 +34,7 @@ from ..data.io import atomic_write
 from ..errors import UserError
 from ..store.artifacts import write_json
 from ..store.runs import RunStore
+from .gpus import pick_gpu, visible_gpus
 from .grid import Cell, Grid, validate
 
 RESULT = "result.json"
@@ -45,6 +46,7 @@ class Running:
     proc: subprocess.Popen
     started: float
     log: Any
+    gpu: str | None = None  # the GPU this run is pinned to (CUDA_VISIBLE_DEVICES), when there are GPUs
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
@@ -165,6 +167,7 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
     env.setdefault("CLEANTRAIN_CACHE_DIR", str(out / "cache"))  # defenses/shared.py: one normal model per set
     running: list[Running] = []
     queue = list(todo)
+    gpus = visible_gpus()  # --jobs N: one run per GPU (shared evenly when N exceeds the GPUs)
 
     def say(msg: str) -> None:
         if log is not None:
@@ -211,6 +214,11 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
                 logf.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')} threads={threads}\n")
                 logf.flush()
                 cenv = dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+                gpu = pick_gpu(gpus, [r.gpu for r in running])
+                if gpu is not None:
+                    cenv["CUDA_VISIBLE_DEVICES"] = gpu
+                    logf.write(f"pinned to GPU {gpu}\n")
+                    logf.flush()
                 cmd = [sys.executable, "-m", "cleantrain.bench.worker", "--config", str(cfg_path.relative_to(out)),
                        "--out", str(Path("runs") / cell.id), "--db", "runs.db", "--quiet"]
                 if config_changed(out, cell, cfg_path):
@@ -219,7 +227,7 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
                     logf.flush()
                 proc = subprocess.Popen(cmd, cwd=out, env=cenv, stdout=logf, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
-                running.append(Running(cell, proc, time.time(), logf))
+                running.append(Running(cell, proc, time.time(), logf, gpu))
                 bar.set_postfix_str(", ".join(r.cell.id for r in running)[:80])
             time.sleep(poll)
             for r in [r for r in running if r.proc.poll() is not None]:
