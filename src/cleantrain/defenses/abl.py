@@ -27,11 +27,14 @@ Choices where the paper is silent, and additions (all settings):
   more than the tolerance the last epoch is undone and unlearning stops.
   The defense cannot tell clean from poison, so the slice may hold poison;
   its accuracy then *drops* a little when unlearning works. `reserved` uses
-  the run's reserved clean set instead, when there is one.
+  the run's reserved clean set instead, when there is one. Measured on
+  small-cnn: clean accuracy falls together with the ASR, so the guard
+  stops before the backdoor goes; it is off by default.
 - `isolation_size="gap"`: the isolated count is read from the data — the
   split of the log-loss distribution that best separates a low-loss mode
   (Otsu's criterion), kept only when that mode is far below the rest —
-  instead of a fixed share. Bounded by `[min_ratio, max_ratio]`.
+  instead of a fixed share. Bounded by `[min_ratio, max_ratio]`. Measured:
+  it over-isolates (long low tail of clean losses); off by default.
 - `rule`: which per-sample number is ranked. "final" is the paper's (loss of
   the last isolation model). "class" ranks each sample's log-loss *relative
   to its labelled class* (minus the class's `class_quantile` log-loss),
