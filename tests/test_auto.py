@@ -77,6 +77,8 @@ def test_unlearning_runs_only_while_the_backdoor_survives(poisoned):
     model2 = ctx2.new_model()
     ctx2.trainer.fit(model2, pd.data.subset(~pd.is_poison))
     state = {k: v.clone() for k, v in model2.state_dict().items()}
-    info2 = unlearn_residual(model2, suspects, ctx2, s)
-    assert info2["suspect_fit_after_retrain"] <= s.unlearn_when and info2["unlearn_epochs_run"] == 0
+    clean_fit = suspect_fit(ctx2, model2, suspects)
+    assert clean_fit < 0.5 < before  # this weak 900-sample model still calls ~1/4 of them class 0 (T-shirt)
+    info2 = unlearn_residual(model2, suspects, ctx2, AutoSettings(unlearn_when=0.5, unlearn_epochs=5))
+    assert info2["suspect_fit_after_retrain"] == clean_fit and info2["unlearn_epochs_run"] == 0
     assert all(torch.equal(v, model2.state_dict()[k]) for k, v in state.items())
