@@ -1,11 +1,13 @@
 """NONE ablation: reset fraction × rounds, with CA/ASR right after each reset and after each fine-tune epoch.
 
-    python benchmarks/none_ablation.py 10000 5 "0.03x3,0.05x2,0.10x1"   # train size, E1 epochs, fraction x rounds
+    python benchmarks/none_ablation.py 10000 5 "0.03x3,0.05x2,0.10x1" [frozen|eval]
+    # train size, E1 epochs, fraction x rounds, BN mode of the fine-tune (default frozen)
 
 Trains BadNets 10 % (small-cnn, seed 0, one thread) once and caches the phase-1 weights under
 bench/none_ablation/, then replays NONE's rounds from that model for each variant, printing the
 flagged TPR/FPR (from provenance, evaluation only) and CA/ASR. The fine-tune is NONE's (2 epochs at
-1e-4, BN statistics frozen, dropping the flagged samples), run through the Trainer.
+1e-4, BN statistics frozen, dropping the flagged samples), run through the Trainer, but starting from a
+fresh optimizer (the cached phase 1 keeps no momentum buffers).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ OUT = Path(__file__).resolve().parent.parent / "bench" / "none_ablation"
 def main() -> None:
     n, ep = int(sys.argv[1]), int(sys.argv[2])
     variants = [(float(f), int(r)) for f, r in (v.split("x") for v in sys.argv[3].split(","))]
+    bn = sys.argv[4] if len(sys.argv) > 4 else "frozen"
     cfg = api.make_config(None, {"train_size": n, "train.epochs": ep, "train.threads": 1, "attack": "badnets",
                                  "rate": 0.1})
     prep = api.prepare(cfg)
@@ -66,7 +69,7 @@ def main() -> None:
                   f"fpr {float(f[~poison].float().mean()):.4f}", [len(s) for s in R.selected])
             N.reset_channels(model.conv_units(), R.selected)
             print("  after reset", ev(model), flush=True)
-            fit = t.fit(model, tr.subset(~f), epochs=2, lr=1e-4, schedule="constant", optimizer=opt, bn="frozen",
+            fit = t.fit(model, tr.subset(~f), epochs=2, lr=1e-4, schedule="constant", optimizer=opt, bn=bn,
                         on_epoch=lambda e, m: print("  fine-tune epoch", e + 1, ev(m), flush=True))
             opt = fit.optimizer
 
