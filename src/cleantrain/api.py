@@ -375,6 +375,8 @@ def list_entries(kind: str) -> list[tuple[str, str]]:
     if reg is None:
         raise UserError(f"unknown kind {kind!r}; valid: attacks, datasets, defenses, models")
     return [(e.key, e.doc) for e in reg.entries()]
+
+
 # ---------------------------------------------------------------- bench and report
 def bench(grid: str | Path, out: str | Path, jobs: int = 1, progress: bool | None = None, log=print) -> dict[str, Any]:
     """Run a benchmark grid (YAML) into `out`, resumably; writes `out/table.md` and `out/table.csv`."""
