@@ -17,7 +17,7 @@ from .registry import defenses as registry
 
 PRESETS = Path(__file__).parent / "presets"
 DEMO = {"dataset": "fashion-mnist", "attack": "badnets", "rate": 0.1, "target": 0,
-        "model": "small-cnn", "train_size": 20000, "train.epochs": 8}
+        "model": "small-cnn", "train_size": 20000, "train.epochs": 6}
 
 
 def preset_overrides(key: str) -> dict:
