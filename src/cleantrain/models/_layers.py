@@ -40,3 +40,16 @@ class HalvePool(nn.Module):
         if x.shape[-1] < 2 or x.shape[-2] < 2:
             return x
         return F.max_pool2d(x, 2)
+
+
+def residual_stages(block, cin: int, blocks: tuple[int, ...], widths: tuple[int, ...]) -> tuple[list[nn.Sequential], int]:
+    """ResNet-style stages: stage i has blocks[i] blocks of widths[i] channels, the first of
+    every stage after the first with stride 2. Returns the stages and the final width."""
+    stages = []
+    for i, (n, w) in enumerate(zip(blocks, widths)):
+        stage = []
+        for j in range(n):
+            stage.append(block(cin, w, 2 if i > 0 and j == 0 else 1))
+            cin = w
+        stages.append(nn.Sequential(*stage))
+    return stages, cin

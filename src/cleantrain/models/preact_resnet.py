@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import models
-from ._layers import stem
+from ._layers import residual_stages, stem
 from .base import ConvUnit, Net
 
 
@@ -62,14 +62,7 @@ class PreActResNet(Net):
                  blocks: tuple[int, ...] = (2, 2, 2, 2), widths: tuple[int, ...] = (64, 128, 256, 512)):
         super().__init__(in_channels, num_classes, mean, std)
         self.stem = stem(in_channels, widths[0], image_size, bn=False)
-        cin, stages = widths[0], []
-        for i, (n, w) in enumerate(zip(blocks, widths)):
-            stride = 1 if i == 0 else 2
-            stage = []
-            for j in range(n):
-                stage.append(PreActBlock(cin, w, stride if j == 0 else 1))
-                cin = w
-            stages.append(nn.Sequential(*stage))
+        stages, cin = residual_stages(PreActBlock, widths[0], blocks, widths)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn = nn.BatchNorm2d(cin)
         self.head = nn.Linear(cin, num_classes)
