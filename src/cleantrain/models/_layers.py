@@ -53,3 +53,8 @@ def residual_stages(block, cin: int, blocks: tuple[int, ...], widths: tuple[int,
             cin = w
         stages.append(nn.Sequential(*stage))
     return stages, cin
+
+
+def stage_units(net: nn.Module, names: tuple[str, ...] = ("layer2", "layer3", "layer4")) -> list:
+    """The conv units of every block in the named stages (each block lists its own)."""
+    return [u for name in names for j, block in enumerate(getattr(net, name)) for u in block.units(f"{name}.{j}")]

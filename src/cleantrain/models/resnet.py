@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import models
-from ._layers import residual_stages, stem
+from ._layers import residual_stages, stage_units, stem
 from .base import ConvUnit, Net
 
 
@@ -73,11 +73,7 @@ class ResNet(Net):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def conv_units(self) -> list[ConvUnit]:
-        units = []
-        for name in ("layer2", "layer3", "layer4"):
-            for j, block in enumerate(getattr(self, name)):
-                units += block.units(f"{name}.{j}")
-        return units
+        return stage_units(self)
 
 
 @models.register("resnet18")
