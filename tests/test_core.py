@@ -157,7 +157,7 @@ def test_per_sample_loss_matches_manual(small):
 def test_cli_train_end_to_end(tmp_path, run_cli):
     out = tmp_path / "runs" / "v"
     code, stdout, _ = run_cli("train", "--attack", "badnets", "--rate", "0.1", "--train-size", "2000",
-                              "--test-size", "500", "--epochs", "4", "--out", out, "--quiet")
+                              "--test-size", "500", "--epochs", "6", "--out", out, "--quiet")
     assert code == 0, stdout
     assert "vanilla: CA" in stdout
     r = json.loads((out / "result.json").read_text())

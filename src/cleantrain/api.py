@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -203,6 +204,26 @@ def _store_for(out: Path, db: str | Path | None) -> RunStore:
     return RunStore(db if db else out.parent / "runs.db")
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version and, in a git checkout, its commit (+dirty when src/ has uncommitted changes)."""
+    import subprocess
+
+    from . import __version__
+
+    src = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return __version__
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return f"{__version__} {head.stdout.strip()}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
 def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str | Path | None = None,
           progress: bool | None = None, log=print) -> dict[str, Any]:
     """Poison (optionally), defend, evaluate, and write `<out>/result.json` + `model.safetensors`."""
@@ -270,6 +291,7 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
         "wall_seconds": round(wall, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(device),
+        "code": code_version(),
         "n_train": len(train_data),
         "n_test": len(test),
         "poison_counts": prep.poisoned.counts(),

@@ -37,11 +37,14 @@ class DefenseContext:
     log: Callable[[str], None] = lambda msg: None
     _models_made: int = 0
 
-    def new_model(self) -> Net:
-        """A freshly initialised model; the i-th call gives the same weights for the same seed."""
-        self._models_made += 1
+    def new_model(self, init_seed: int | None = None) -> Net:
+        """A freshly initialised model: from `init_seed` when given, else the i-th call gives the same weights
+        for the same run seed."""
+        if init_seed is None:
+            self._models_made += 1
+            init_seed = self.seed * 1000 + self._models_made
         state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed * 1000 + self._models_made)
+        torch.manual_seed(init_seed)
         try:
             m = make_model(self.model_key, self.shape[0], self.num_classes, self.shape[1], self.mean, self.std)
         finally:
@@ -89,13 +92,15 @@ def register_defense(key: str, settings: type | None = None, detect=None, needs_
 
 
 def retrain_kept(train: ImageData, ctx: DefenseContext, det: Detection) -> DefenseResult:
-    """Train a fresh model normally on the samples a detector keeps."""
+    """Train a fresh model normally on the samples a detector keeps (shared with any other defense that keeps
+    the same samples: `shared.normal_fit`)."""
+    from .shared import normal_fit
+
     keep = ~det.flagged.to(train.y.device)
     if int(keep.sum()) == 0:
         raise UserError("the detector flagged every sample; nothing left to train on")
-    model = ctx.new_model()
-    fit = ctx.trainer.fit(model, train.subset(keep), desc="retrain")
-    return DefenseResult(model, det.scores, det.flagged, fit.history, det.info)
+    model, history = normal_fit(train.subset(keep), ctx, desc="retrain")
+    return DefenseResult(model, det.scores, det.flagged, history, det.info)
 
 
 def register_detector(key: str, settings: type | None = None, needs_clean: bool = False):
@@ -103,7 +108,7 @@ def register_detector(key: str, settings: type | None = None, needs_clean: bool 
 
     def deco(detect_fn):
         def fit(train, ctx, s):
-            return retrain_kept(train, ctx, detect_fn(train, ctx, s))
+            return retrain_kept(train, ctx, run_detector(key, train, ctx, s))
 
         fit.__doc__ = detect_fn.__doc__
         defenses.register(key, settings)(DefenseSpec(fit, detect_fn, (detect_fn.__doc__ or "").strip(), needs_clean))
@@ -132,4 +137,6 @@ def run_detector(key: str, train: ImageData, ctx: DefenseContext, settings: Any)
     if spec.detect is None:
         detectors = [k for k in defenses.keys() if defenses.get(k).detect is not None]
         raise UserError(f"{key!r} is not a detector; valid: {', '.join(detectors)}")
-    return spec.detect(train, ctx, settings)
+    from .shared import cached_detection
+
+    return cached_detection(key, train, ctx, settings, spec.detect)

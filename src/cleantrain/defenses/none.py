@@ -19,8 +19,11 @@ that are clearly not k. NONE trains normally, then for `rounds` rounds:
 5. resets the selected channels (conv filter and bias, BatchNorm γ and β, the
    consumers' input weights for the channel; BN running statistics kept);
 6. fine-tunes for E2 epochs at `none_lr` on the set minus the flagged samples
-   (injected mode) or on everything (natural mode), continuing with the
-   phase-1 optimizer, BatchNorm statistics frozen (affine parameters train).
+   (injected mode) or on everything (natural mode) with a fresh optimiser
+   (phase 1 is the normally trained model that vanilla training and the
+   detectors of the same data share, so its optimiser is not kept; later
+   rounds continue the fine-tune's), BatchNorm statistics frozen (affine
+   parameters train).
 
 Choices where the paper/code is silent or differs from our setting:
 - The fine-tune lr is constant (`schedule="constant"`), as the authors set
@@ -64,6 +67,7 @@ from ..data.core import ImageData
 from ..errors import UserError
 from ..models.base import ConvUnit
 from .base import DefenseContext, DefenseResult, Detection, register_defense
+from .shared import normal_fit
 
 MODE_DEFAULTS = {  # (rounds, finetune_epochs, max_reset_fraction, bn); see the module docstring
     "injected": (1, 20, 0.05, "frozen"),
@@ -225,9 +229,8 @@ def analyse(trainer, model, data: ImageData, lambda_h: float, lambda_l: float, f
 
 # ---------------------------------------------------------------- defense
 def _phase1(train: ImageData, ctx: DefenseContext, s: NONESettings):
-    model = ctx.new_model()
-    fit = ctx.trainer.fit(model, train, epochs=s.epochs, desc="none: train")
-    return model, fit
+    """E1 epochs of normal training: the normally trained model that vanilla and the detectors share."""
+    return normal_fit(train, ctx, s.epochs, desc="none: train")
 
 
 def detect_none(train: ImageData, ctx: DefenseContext, s: NONESettings | None) -> Detection:
@@ -244,8 +247,9 @@ def none_defense(train: ImageData, ctx: DefenseContext, s: NONESettings | None) 
     """NONE: reset neurons that separate a class too linearly, drop the samples that fire them, fine-tune."""
     s = s or NONESettings()
     rounds, e2, fraction, bn = s.resolved()
-    model, fit = _phase1(train, ctx, s)
-    history = list(fit.history)
+    model, history = _phase1(train, ctx, s)
+    history = list(history)
+    optimizer = None  # the fine-tune starts a fresh optimiser (the shared model's own is not kept)
     units = model.conv_units()
     info: dict = {"mode": s.mode, "max_reset_fraction": fraction, "finetune_epochs": e2, "bn": bn, "rounds": []}
     r = None
@@ -264,7 +268,8 @@ def none_defense(train: ImageData, ctx: DefenseContext, s: NONESettings | None) 
             "reset": {u.name: x.tolist() for u, x in zip(units, r.selected)},
         })
         fit = ctx.trainer.fit(model, train.subset(keep.to(train.y.device)), epochs=e2, lr=s.none_lr,
-                              schedule="constant", optimizer=fit.optimizer, bn=bn,
+                              schedule="constant", optimizer=optimizer, bn=bn,
                               desc=f"none: fine-tune {i + 1}")
+        optimizer = fit.optimizer  # later rounds continue it
         history += fit.history
     return DefenseResult(model, r.scores, r.flagged, history, info)

@@ -1,12 +1,22 @@
-"""One normally trained model per poisoned set, shared by the detectors that need one.
+"""Work that several defenses of one poisoned set share, computed once.
 
-SS, AC, SCAn and STRIP score samples with a model trained normally on D, and
-CT needs one as its frozen teacher. `normal_model` trains it once through the
-context's Trainer and keeps its weights, keyed by a hash of the training data,
-the model key, the training recipe, the seed and the epoch count: in memory
-for the life of the process and, when the environment variable
-`CLEANTRAIN_CACHE_DIR` names a folder, on disk as safetensors, so that the
-detectors of a benchmark grid share one model across processes too.
+- `normal_fit` / `normal_model`: a model trained normally (the run's recipe)
+  on some data. Vanilla training is one; SS, AC, SCAn and STRIP score samples
+  with it; CT uses it as its frozen teacher; NONE starts from it; and every
+  detector's retraining on its kept set is one too (so that two defenses that
+  keep the same samples share the retrained model).
+- `cached_detection`: a detector's result (scores, flags, info), so that
+  `auto` reuses the CT run of the same poisoned set.
+
+Each result is keyed by a hash of everything that determines it (the data,
+the model key, the recipe, the seed, the epochs, the detector's settings and
+clean set). The key also seeds the model's initial weights and the batch
+order, so a cached result equals a fresh one and does not depend on which run
+computed it first. Results live in memory for the life of the process and,
+when the environment variable `CLEANTRAIN_CACHE_DIR` names a folder (a bench
+sets it), on disk — safetensors and JSON, never pickle — so that the runs of a
+grid share them across processes; a file lock makes a second process wait for
+the first instead of computing the same thing twice.
 """
 
 from __future__ import annotations
@@ -15,8 +25,10 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,57 +36,161 @@ from safetensors.torch import load_file, save_file
 from ..data.core import ImageData
 from ..data.io import atomic_write
 from ..models.base import Net
-from .base import DefenseContext
+from .base import DefenseContext, Detection
 
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
-_memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-_MEMORY_ITEMS = 4  # models kept in memory (a few MB each)
+_memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
+_MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
+
+
+def _hash_data(h, data: ImageData) -> None:
+    h.update(data.x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(data.y.detach().cpu().contiguous().numpy().tobytes())
+
+
+def _meta(ctx: DefenseContext) -> dict[str, Any]:
+    recipe = {k: v for k, v in asdict(ctx.trainer.s).items() if k not in ("threads", "eval_every", "eval_batch_size")}
+    return {"model": ctx.model_key, "train": recipe, "seed": ctx.seed, "device": ctx.trainer.device.type}
 
 
 def model_key(train: ImageData, ctx: DefenseContext, epochs: int) -> str:
     """A hash of everything that determines the normally trained model."""
-    h = hashlib.sha256()
-    h.update(train.x.detach().cpu().contiguous().numpy().tobytes())
-    h.update(train.y.detach().cpu().contiguous().numpy().tobytes())
-    recipe = {k: v for k, v in asdict(ctx.trainer.s).items() if k not in ("threads", "eval_every", "eval_batch_size")}
-    meta = {"model": ctx.model_key, "train": recipe, "seed": ctx.seed, "epochs": epochs,
-            "device": ctx.trainer.device.type, "hflip": train.hflip}
+    h = hashlib.sha256(b"normal")
+    _hash_data(h, train)
+    h.update(json.dumps({**_meta(ctx), "epochs": epochs, "hflip": train.hflip}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def detection_key(name: str, train: ImageData, ctx: DefenseContext, settings: Any) -> str:
+    """A hash of everything that determines a detector's result."""
+    h = hashlib.sha256(b"detect")
+    _hash_data(h, train)
+    if ctx.clean is not None:
+        _hash_data(h, ctx.clean)
+    opts = asdict(settings) if is_dataclass(settings) else settings
+    meta = {**_meta(ctx), "detector": name, "settings": opts, "hflip": train.hflip, "rate": ctx.expected_rate}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
 
-def _disk_path(key: str) -> Path | None:
+def _root() -> Path | None:
     root = os.environ.get(CACHE_ENV)
-    return Path(root) / f"normal-{key}.safetensors" if root else None
+    return Path(root) if root else None
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on `name` in the disk cache (nothing without one)."""
+    root = _root()
+    if root is None:
+        yield
+        return
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _load(name: str) -> tuple[dict[str, torch.Tensor], Any] | None:
+    if name in _memory:
+        _memory.move_to_end(name)
+        return _memory[name]
+    root = _root()
+    if root is None or not (root / f"{name}.safetensors").is_file() or not (root / f"{name}.json").is_file():
+        return None
+    item = (load_file(str(root / f"{name}.safetensors")), json.loads((root / f"{name}.json").read_text()))
+    _remember(name, item)
+    return item
+
+
+def _remember(name: str, item: tuple[dict[str, torch.Tensor], Any]) -> None:
+    _memory[name] = item
+    _memory.move_to_end(name)
+    while len(_memory) > _MEMORY_ITEMS:
+        _memory.popitem(last=False)
+
+
+def _keep(name: str, tensors: dict[str, torch.Tensor], meta: Any) -> None:
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _remember(name, (tensors, meta))
+    root = _root()
+    if root is not None:  # tensors first: the JSON's presence marks a complete entry
+        atomic_write(root / f"{name}.safetensors", lambda tmp: save_file(tensors, tmp))
+        text = json.dumps(meta, default=str)
+        atomic_write(root / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
+
+
+@contextmanager
+def _own_generator(ctx: DefenseContext, seed: int) -> Iterator[None]:
+    """Run the Trainer with a generator of its own (seeded by the key), leaving the run's untouched."""
+    tr = ctx.trainer
+    saved = tr.gen
+    tr.gen = torch.Generator(device="cpu").manual_seed(seed)
+    try:
+        yield
+    finally:
+        tr.gen = saved
+
+
+def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
+               desc: str = "normal") -> tuple[Net, list[dict[str, Any]]]:
+    """A model trained normally (the recipe, with augmentation) on `train`, and its per-epoch history.
+
+    Trained once per key; its initial weights and batch order come from the key."""
+    epochs = ctx.trainer.s.epochs if epochs is None else epochs
+    key = model_key(train, ctx, epochs)
+    name = f"normal-{key}"
+    seed = int(key[:12], 16)
+    model = ctx.new_model(init_seed=seed)
+    with _locked(name):
+        hit = _load(name)
+        if hit is not None:
+            state, history = hit
+            # a zero-epoch fit keeps the Trainer's stage numbering (and so its resume) the same as on a miss
+            ctx.trainer.fit(model, train, epochs=0, evaluate=False, desc=f"{desc} (cached)")
+            model.load_state_dict({k: v.to(ctx.trainer.device) for k, v in state.items()})
+            history = [dict(row) for row in history]
+            ctx.trainer.history.extend(history)
+            ctx.log(f"{desc}: normally trained model cached ({key[:8]})")
+        else:
+            ctx.log(f"{desc}: training {epochs} epochs")
+            with _own_generator(ctx, seed):
+                history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc).history
+            _keep(name, model.state_dict(), history)
+    return model, history
 
 
 def normal_model(train: ImageData, ctx: DefenseContext, epochs: int | None = None) -> Net:
-    """A model trained normally (the recipe, with augmentation) on `train`; trained once per key."""
-    epochs = ctx.trainer.s.epochs if epochs is None else epochs
-    key = model_key(train, ctx, epochs)
-    model = ctx.new_model()
-    state = _memory.get(key)
-    path = _disk_path(key)
-    if state is None and path is not None and path.is_file():
-        state = load_file(str(path))
-    if state is not None:
-        # a zero-epoch fit keeps the Trainer's stage numbering (and so its resume) the same as on a miss
-        ctx.trainer.fit(model, train, epochs=0, evaluate=False, desc="normal (cached)")
-        model.load_state_dict({k: v.to(ctx.trainer.device) for k, v in state.items()})
-        ctx.log(f"normally trained model: cached ({key[:8]})")
-    else:
-        ctx.log(f"normally trained model: training {epochs} epochs")
-        ctx.trainer.fit(model, train, epochs=epochs, evaluate=False, desc="normal")
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda tmp: save_file(state, tmp))
-    _memory[key] = state
-    _memory.move_to_end(key)
-    while len(_memory) > _MEMORY_ITEMS:
-        _memory.popitem(last=False)
+    """`normal_fit`'s model, in eval mode."""
+    model, _ = normal_fit(train, ctx, epochs)
     model.eval()
     return model
+
+
+def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings: Any,
+                     detect: Callable[[ImageData, DefenseContext, Any], Detection]) -> Detection:
+    """`detect(train, ctx, settings)`, computed once per key. A hit advances the Trainer's stage counter by
+    the stages the detection used, so that what follows (and its resume) is numbered as on a miss."""
+    key = f"detect-{name}-{detection_key(name, train, ctx, settings)}"
+    with _locked(key):
+        hit = _load(key)
+        if hit is not None:
+            tensors, meta = hit
+            ctx.trainer.stage += int(meta["stages"])
+            ctx._models_made += int(meta["models"])
+            ctx.log(f"{name}: detection cached ({key[-32:-24]})")
+            return Detection(tensors["scores"].clone(), tensors["flagged"].clone().bool(), dict(meta["info"]))
+        stage0, models0 = ctx.trainer.stage, ctx._models_made
+        det = detect(train, ctx, settings)
+        meta = {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0,
+                "info": json.loads(json.dumps(det.info, default=str))}
+        _keep(key, {"scores": det.scores.float(), "flagged": det.flagged.bool()}, meta)
+    return det
 
 
 def per_class(labels: torch.Tensor, num_classes: int):
