@@ -10,9 +10,11 @@ from cleantrain.attacks import make_attack
 from cleantrain.data.core import POISON
 from cleantrain.defenses.base import DefenseContext, defense_settings, run_detector
 from cleantrain.defenses.ct import (
+    CTSettings,
     class_weights,
     confusion_labels,
     distill,
+    enrichment_filter,
     inspection_loss,
     likelihood_ratio_filter,
     mixed_batches,
@@ -102,6 +104,45 @@ def test_filter_flags_a_planted_cluster_and_leaves_single_gaussians_alone():
     flagged, ratio = likelihood_ratio_filter(feats, y, pred, k)
     assert np.array_equal(flagged, planted)
     assert ratio[2] > 2.0 and ratio[1] < 1.5 and ratio[0] == 1.0 and ratio[3] == 1.0
+
+
+def test_enrichment_filter_finds_a_target_the_pca_ratio_misses():
+    """Blend-like case: the target's fitted samples are few and not separated in the features, while a 'sink'
+    class that the confused model predicts for everything has a separated fitted subgroup."""
+    rng = np.random.default_rng(1)
+    k, per, dim = 4, 300, 16
+    feats = rng.normal(size=(k * per, dim))
+    y = np.repeat(np.arange(k), per)
+    pred = (y + 1 + rng.integers(0, k - 1, size=k * per)) % k  # confused: never its own label
+    pred[rng.random(k * per) < 0.4] = 1  # class 1 is a sink: predicted for 40 % of everything
+    sink_fit = np.flatnonzero(y == 1)[:60]
+    pred[sink_fit] = 1
+    feats[sink_fit] += 6.0  # a coherent clean subgroup the model still fits
+    pred[(pred == 2) & (y != 2)] = 3  # almost nothing else is predicted as the target
+    pred[np.flatnonzero(y == 0)[:3]] = 2
+    planted = np.zeros(k * per, dtype=bool)
+    planted[np.flatnonzero(y == 2)[:20]] = True  # the poison: fitted, same feature distribution as the class
+    pred[y == 2] = np.where(planted[y == 2], 2, 0)
+    paper, ratio = likelihood_ratio_filter(feats, y, pred, k)
+    assert ratio[1] > ratio[2] and paper[y == 1].any() and not paper[planted].any()  # the published rule misses
+    flagged, e = enrichment_filter(y, pred, k)
+    assert np.array_equal(flagged, planted)
+    assert e[2] > 10 and max(e[0], e[1], e[3]) < 2
+    # no backdoor: a uniformly confused model gives every class e ≈ 1, nothing is flagged
+    pred0 = (y + 1 + rng.integers(0, k - 1, size=k * per)) % k
+    pred0[rng.choice(k * per, 100, replace=False)] = y[rng.choice(k * per, 100, replace=False)]
+    flagged0, e0 = enrichment_filter(y, pred0, k)
+    assert not flagged0.any() and e0.max() < 2
+
+
+def test_filter_rule_setting_is_checked():
+    for rule in ("paper", "enrichment", "either"):
+        CTSettings(filter_rule=rule).check()
+    assert CTSettings().filter_rule == "paper"  # the published rule stays the default
+    with pytest.raises(UserError, match="filter_rule"):
+        CTSettings(filter_rule="gmm").check()
+    with pytest.raises(UserError, match="filter_enrichment"):
+        CTSettings(filter_enrichment=1.0).check()
 
 
 # ------------------------------------------------------------ CT end to end

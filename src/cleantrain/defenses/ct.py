@@ -16,10 +16,22 @@ Per round r = 0 … R−1 (R = len(distillation_ratios) + 1), D_0 = D:
    ((λ−1)·CE(clean) + CE_w(D_r)) / λ;
 4. distil: D_{r+1} = the ratio_r·N lowest-loss samples of D, each class topped
    up to ⌊N_c/class_floor[r]⌋; in the last round, suspects = pred == label;
-5. final filter, per class, on 2-D PCA of the confused model's features:
-   two Gaussians (pred == c, pred ≠ c) against the pred ≠ c Gaussian alone;
-   flag the class's pred == c samples if its ratio is the largest and above
-   `filter_top_ratio`, or above `filter_any_ratio`.
+5. final filter (`filter_rule`), per class c over the samples labelled c:
+   - "paper" (methods.md step 5): on 2-D PCA of the confused model's
+     features, two Gaussians (pred == c, pred ≠ c) against the pred ≠ c
+     Gaussian alone; flag the class's pred == c samples if its ratio is the
+     largest and above `filter_top_ratio`, or above `filter_any_ratio`;
+   - "enrichment" (ours, docs/results/ct.md "Final filter on Blend"): how much
+     more often the confused model predicts c for samples labelled c than for
+     samples labelled otherwise, e_c = (#{y=c, pred=c}/n_c) /
+     ((#{y≠c, pred=c} + 1)/(N − n_c)); confusion makes a benign class's e_c
+     ≈ 1 or less, a backdoor keeps it far above; the paper's decision with
+     e_c in place of the ratio: flag the class's pred == c samples if e_c is
+     the largest and above `filter_enrichment`, or above
+     `filter_enrichment_any` (and ≥ 2 of them, as the paper's group size).
+     It misses a target that the confused model also predicts for many
+     other-class samples (a "sink" class), where "paper" can still succeed;
+   - "either": the union of the two (a class flagged by either rule).
 The registered defense then retrains a fresh model normally on the rest.
 
 Choices where the method leaves room (written down as methods.md asks):
@@ -81,6 +93,10 @@ class CTSettings:
     filter_ridge: float = 1e-3  # added to each Gaussian's covariance diagonal
     filter_top_ratio: float = 1.5  # flag the class with the largest ratio if above this
     filter_any_ratio: float = 2.0  # flag every class whose ratio is above this
+    # the final filter (module docstring, step 5); "paper" = methods.md's rule
+    filter_rule: Literal["paper", "enrichment", "either"] = "paper"
+    filter_enrichment: float = 5.0  # filter_rule=enrichment: flag the class with the largest e_c if above this
+    filter_enrichment_any: float = 20.0  # filter_rule=enrichment: flag every class whose e_c is above this
     clean_from: Literal["reserved", "trusted"] = "reserved"  # where C comes from
     trusted_detector: str = "ss"  # clean_from=trusted: the detector whose lowest scores make C
     trusted_size: int = 2000  # clean_from=trusted: size of C
@@ -106,6 +122,10 @@ class CTSettings:
             raise UserError("ct: batch sizes, 'filter_dims' and 'trusted_size' must be ≥ 1")
         if self.base_epochs is not None and self.base_epochs < 1:
             raise UserError("ct: 'base_epochs' must be ≥ 1")
+        if self.filter_rule not in ("paper", "enrichment", "either"):
+            raise UserError(f"ct: 'filter_rule' must be 'paper', 'enrichment' or 'either', got {self.filter_rule!r}")
+        if min(self.filter_enrichment, self.filter_enrichment_any) <= 1:
+            raise UserError("ct: 'filter_enrichment' and 'filter_enrichment_any' must be > 1")
         if self.trusted_detector == "ct":
             raise UserError("ct: 'trusted_detector' must be another detector")
 
@@ -209,6 +229,29 @@ def likelihood_ratio_filter(features: np.ndarray, y: np.ndarray, pred: np.ndarra
     return (pred == y) & flagged_class[y], ratio
 
 
+def fit_enrichment(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """e_c = (share of class c the model predicts as c) / (share of the other classes it predicts as c, +1 smoothed)."""
+    n_c = np.bincount(y, minlength=k).astype(float)
+    fit = np.bincount(y[pred == y], minlength=k).astype(float)
+    into = np.bincount(pred[pred != y], minlength=k).astype(float)  # labelled otherwise, predicted c
+    rest = np.maximum(len(y) - n_c, 1.0)
+    return (fit / np.maximum(n_c, 1.0)) / ((into + 1.0) / rest)
+
+
+def enrichment_filter(y: np.ndarray, pred: np.ndarray, k: int, top: float = 5.0, any_: float = 20.0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(flag mask: pred == y in a class whose e_c is the largest and > top, or > any_, e per class).
+
+    A class with fewer than 2 samples where pred == label is never flagged."""
+    e = fit_enrichment(y, pred, k)
+    big_enough = np.bincount(y[pred == y], minlength=k) >= 2
+    flagged_class = (e > any_) & big_enough
+    best = int(np.argmax(e))
+    if e[best] > top and big_enough[best]:
+        flagged_class[best] = True
+    return (pred == y) & flagged_class[y], e
+
+
 # ----------------------------------------------------------- the clean set
 def reserved_clean(train: ImageData, ctx: DefenseContext, s: CTSettings) -> tuple[ImageData, str, bool]:
     """(C, where it came from, whether it is the weaker 'trusted' kind)."""
@@ -280,12 +323,21 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
         ctx.log(f"round {r}: pool {len(pool)}" + (f" -> {row['kept']}" if not last else ""))
     pred = logits.argmax(1).cpu()
     feats = tr.features(confused, train).cpu().numpy()
-    flagged, ratio = likelihood_ratio_filter(feats, train.y.cpu().numpy(), pred.numpy(), k, s.filter_dims,
+    y_np = train.y.cpu().numpy()
+    flagged, ratio = likelihood_ratio_filter(feats, y_np, pred.numpy(), k, s.filter_dims,
                                              s.filter_ridge, s.filter_top_ratio, s.filter_any_ratio)
+    by_enrichment, enrichment = enrichment_filter(y_np, pred.numpy(), k, s.filter_enrichment,
+                                                  s.filter_enrichment_any)
+    if s.filter_rule == "enrichment":
+        flagged = by_enrichment
+    elif s.filter_rule == "either":
+        flagged = flagged | by_enrichment
     suspects = (pred == train.y.cpu())
-    info.update(suspects_before_filter=int(suspects.sum()), class_ratio=[round(float(v), 4) for v in ratio],
+    info.update(suspects_before_filter=int(suspects.sum()), filter_rule=s.filter_rule,
+                class_ratio=[round(float(v), 4) for v in ratio],
+                class_enrichment=[round(float(v), 3) for v in enrichment],
                 flagged_classes=[c for c in range(k) if flagged[train.y.cpu().numpy() == c].any()],
                 seconds=round(time.perf_counter() - t0, 1))
     ctx.log(f"{int(suspects.sum())} suspects, {int(flagged.sum())} flagged after the filter; "
-            f"class ratios {info['class_ratio']}")
+            f"filter {s.filter_rule}; class ratios {info['class_ratio']}, enrichment {info['class_enrichment']}")
     return Detection(-losses, torch.from_numpy(flagged), info)
