@@ -126,7 +126,9 @@ def test_table_equals_result_json(killed_and_resumed):
         assert float(row["wall_mean"]) == res["wall_seconds"]
         assert row["runs"] == "1"
     assert float(rows["slow"]["der_mean"]) == der(van, slow)
-    assert float(rows["slow"]["wall_ratio_mean"]) == slow["wall_seconds"] / van["wall_seconds"]
+    assert float(rows["slow"]["wall_ratio_mean"]) == slow["cost_seconds"] / van["cost_seconds"]
+    for res in (van, slow):  # a run's cost: its own wall time plus the shared work it took from the cache
+        assert res["cost_seconds"] == round(res["wall_seconds"] + res["reused_seconds"], 3)
     assert rows["broken"]["runs"] == "0" and rows["broken"]["ca_mean"] == ""
     md = (out / "table.md").read_text()
     assert f"| badnets | 10 % | slow | 1/1 | {slow['clean_acc'] * 100:.1f} | {slow['asr'] * 100:.1f} |" in md

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from cleantrain.defenses import shared
@@ -89,3 +91,16 @@ def test_run_detector_goes_through_the_cache(small, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("detect-ss-*.json"))) == 1
     d2 = run_detector("ss", data, _ctx(data), s)
     assert torch.equal(d1.scores.float(), d2.scores) and torch.equal(d1.flagged.cpu(), d2.flagged.cpu())
+
+
+def test_a_hit_counts_the_reused_work(small, tmp_path, monkeypatch):
+    data = small[0].head(600)
+    monkeypatch.setenv(shared.CACHE_ENV, str(tmp_path))
+    shared._memory.clear()
+    before = shared.reused_seconds()
+    shared.normal_fit(data, _ctx(data))
+    assert shared.reused_seconds() == before  # a miss reuses nothing
+    meta = json.loads(next(tmp_path.glob("normal-*.json")).read_text())
+    assert meta["seconds"] > 0 and len(meta["history"]) == 1
+    shared.normal_fit(data, _ctx(data))
+    assert shared.reused_seconds() == before + meta["seconds"]

@@ -1,8 +1,10 @@
 """The results table of a bench folder: one row per (attack, rate, defense), mean ± std over seeds.
 
 Numbers come from each run's `result.json` (never from a log); DER and the
-wall-time ratio compare each run with the vanilla run of the same attack,
-rate and seed.
+cost ratio compare each run with the vanilla run of the same attack, rate
+and seed. "wall s" is the run's own wall time; "× vanilla" compares costs,
+a run's cost being its wall time plus the shared work it took from the cache
+(`cost_seconds`; defenses/shared.py), i.e. what it would take alone.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def run_metrics(r: dict[str, Any], vanilla: dict[str, Any] | None) -> dict[str, 
            "der": None, "wall_ratio": None}
     if vanilla is not None and vanilla is not r:
         out["der"] = der(vanilla, r)
-        vw = vanilla.get("wall_seconds")
-        if vw and r.get("wall_seconds") is not None:
-            out["wall_ratio"] = r["wall_seconds"] / vw
+        vw = vanilla.get("cost_seconds", vanilla.get("wall_seconds"))
+        rw = r.get("cost_seconds", r.get("wall_seconds"))
+        if vw and rw is not None:
+            out["wall_ratio"] = rw / vw
     elif vanilla is r:
         out["wall_ratio"] = 1.0
     return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -41,6 +42,12 @@ from .base import DefenseContext, Detection
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
 _memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
 _MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
+_reused = [0.0]  # seconds of computation this process took from the cache instead of doing it
+
+
+def reused_seconds() -> float:
+    """Seconds that the cached results this process used took to compute (a run's cost counts them)."""
+    return _reused[0]
 
 
 def _hash_data(h, data: ImageData) -> None:
@@ -150,18 +157,23 @@ def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
     with _locked(name):
         hit = _load(name)
         if hit is not None:
-            state, history = hit
+            state, meta = hit
+            if isinstance(meta, list):  # written before the cost was recorded: the epochs' own seconds
+                meta = {"history": meta, "seconds": sum(float(r.get("seconds", 0)) for r in meta)}
+            history = meta["history"]
+            _reused[0] += float(meta["seconds"])
             # a zero-epoch fit keeps the Trainer's stage numbering (and so its resume) the same as on a miss
             ctx.trainer.fit(model, train, epochs=0, evaluate=False, desc=f"{desc} (cached)")
             model.load_state_dict({k: v.to(ctx.trainer.device) for k, v in state.items()})
-            history = [dict(row) for row in history]
+            history = [dict(row, cached=True) for row in history]  # marked: trained elsewhere, not again
             ctx.trainer.history.extend(history)
             ctx.log(f"{desc}: normally trained model cached ({key[:8]})")
         else:
             ctx.log(f"{desc}: training {epochs} epochs")
+            t0 = time.perf_counter()
             with _own_generator(ctx, seed):
                 history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc).history
-            _keep(name, model.state_dict(), history)
+            _keep(name, model.state_dict(), {"history": history, "seconds": round(time.perf_counter() - t0, 3)})
     return model, history
 
 
@@ -181,13 +193,16 @@ def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings:
         hit = _load(key)
         if hit is not None:
             tensors, meta = hit
+            _reused[0] += float(meta.get("seconds", meta["info"].get("seconds", 0)))
             ctx.trainer.stage += int(meta["stages"])
             ctx._models_made += int(meta["models"])
             ctx.log(f"{name}: detection cached ({key[-32:-24]})")
             return Detection(tensors["scores"].clone(), tensors["flagged"].clone().bool(), dict(meta["info"]))
-        stage0, models0 = ctx.trainer.stage, ctx._models_made
+        stage0, models0, t0, r0 = ctx.trainer.stage, ctx._models_made, time.perf_counter(), _reused[0]
         det = detect(train, ctx, settings)
-        meta = {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0,
+        # its cost: its own time plus what it took from the cache (a teacher model, say)
+        seconds = time.perf_counter() - t0 + _reused[0] - r0
+        meta = {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0, "seconds": round(seconds, 3),
                 "info": json.loads(json.dumps(det.info, default=str))}
         _keep(key, {"scores": det.scores.float(), "flagged": det.flagged.bool()}, meta)
     return det
