@@ -164,7 +164,9 @@ def run_grid(grid: Grid, out: str | Path, jobs: int = 1, progress: bool | None =
                disable=not show, dynamic_ncols=True, smoothing=0.1)
     env = dict(os.environ, CLEANTRAIN_BENCH_PARENT=str(os.getpid()))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("CLEANTRAIN_CACHE_DIR", str(out / "cache"))  # defenses/shared.py: one normal model per set
+    # defenses/shared.py: work the runs of one poisoned set share; a cache named by the caller (another bench's,
+    # say) is resolved here, since the runs start in the bench folder
+    env["CLEANTRAIN_CACHE_DIR"] = str(Path(os.environ.get("CLEANTRAIN_CACHE_DIR") or out / "cache").resolve())
     running: list[Running] = []
     queue = list(todo)
     gpus = visible_gpus()  # --jobs N: one run per GPU (shared evenly when N exceeds the GPUs)
