@@ -44,6 +44,17 @@ Choices where the paper is silent, and additions (all settings):
   average pooling, and late in long isolation runs even with max pooling —
   but not below their own class; the poison sits far below the genuine
   members of its target class. Evidence: docs/results/abl.md.
+- `retain_weight` > 0: unlearning with a retention term. Each step is the
+  unlearning loss on a batch of D_iso plus `retain_weight` × (CE on a batch
+  of D_rest samples whose label is not one of D_iso's dominant labels + CE on
+  a batch of the least suspicious `retain_dominant_share` of the dominant
+  labels' D_rest samples). Plain unlikelihood unlearning lowers p_target on
+  *every* input (target-class test accuracy fell to ~2 %); the contrast with
+  the target class's clean members makes it lower it on the trigger only.
+- `refit_epochs` > 0: after unlearning, the D_rest samples that the model fitted
+  before unlearning and no longer fits are dropped too (when unlearning removed
+  the backdoor they are mostly the poison that isolation missed; they join the
+  result's flagged set), and the model is fine-tuned on the rest.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..data.batches import to_float
 from ..data.core import ImageData
 from ..errors import UserError
 from .base import DefenseContext, DefenseResult, Detection, register_defense
@@ -84,6 +96,12 @@ class ABLSettings:
     unlearn_lr: float = 5e-4  # constant
     unlearn_loss: Literal["ascent", "unlikelihood"] = "ascent"  # −CE (paper) or −log(1 − p_y)
     unlearn_bn: Literal["eval", "frozen"] = "eval"  # BN normalises with running or batch stats; never updated
+    # our additions against the clean accuracy that unlearning costs (docs/results/abl.md, 2026-11-29)
+    retain_weight: float = 0.0  # 0 = off; else each unlearning step adds this × CE on a batch of D_rest
+    retain_exclude_share: float = 0.1  # a label holding ≥ this share of D_iso is "dominant" (the likely target)
+    retain_dominant_share: float = 0.0  # of a dominant label's D_rest samples, keep the least suspicious share
+    refit_epochs: int = 0  # 0 = off; else flag D_rest samples fitted before unlearning but not after, drop them, fine-tune
+    refit_lr: float = 0.01  # peak lr of that fine-tuning (the recipe's schedule, a new optimizer)
     batch_size: int = 128
     # our addition: stop unlearning when accuracy on a held-out slice falls
     guard_tolerance: float | None = None  # None = off; else max accuracy drop (0.02 = 2 points)
@@ -109,6 +127,14 @@ class ABLSettings:
             raise UserError("abl: 'guard_tolerance' must lie in [0, 1) (or be null = off)")
         if not 0 < self.class_quantile < 1 or not 0 < self.rule_window <= 1:
             raise UserError("abl: 'class_quantile' must lie in (0, 1) and 'rule_window' in (0, 1]")
+        if not (self.retain_weight >= 0 and math.isfinite(self.retain_weight)):
+            raise UserError("abl: 'retain_weight' must be a number ≥ 0 (0 = off)")
+        if not 0 < self.retain_exclude_share <= 1:
+            raise UserError("abl: 'retain_exclude_share' must lie in (0, 1]")
+        if not 0 <= self.retain_dominant_share <= 1:
+            raise UserError("abl: 'retain_dominant_share' must lie in [0, 1]")
+        if self.refit_epochs < 0 or not (self.refit_lr > 0 and math.isfinite(self.refit_lr)):
+            raise UserError("abl: 'refit_epochs' must be ≥ 0 and 'refit_lr' a positive number")
         if not 0 < self.guard_fraction < 0.5:
             raise UserError("abl: 'guard_fraction' must lie in (0, 0.5)")
 
@@ -256,6 +282,104 @@ def guard_slice(train: ImageData, ctx: DefenseContext, iso: Isolation, s: ABLSet
     return train.subset(held.to(train.y.device)), held
 
 
+def retain_pool(train: ImageData, isolated: torch.Tensor, held: torch.Tensor, scores: torch.Tensor,
+                s: ABLSettings) -> torch.Tensor:
+    """The retention samples (mask over `train`): D_rest samples whose label is not a dominant label of
+    D_iso, plus, of each dominant label, the `retain_dominant_share` of its D_rest samples with the lowest
+    isolation score (least suspicious).
+
+    An all-to-one backdoor's poison all carries the target label, and the
+    isolated set is mostly that label, so the non-dominant labels hold (almost)
+    no poison. Leaving the target label out altogether teaches the model that
+    nothing is that class (measured: its test accuracy falls to ~0), hence the
+    share of its least suspicious members."""
+    y = train.y.cpu()
+    dominant = dominant_labels(train, isolated, s)
+    pool = ~isolated & ~held & ~dominant[y]
+    for c in torch.nonzero(dominant).flatten().tolist():
+        members = torch.nonzero((y == c) & ~isolated & ~held).flatten()
+        k = round(s.retain_dominant_share * len(members))
+        if k:
+            pool[members[torch.argsort(scores[members], stable=True)[:k]]] = True
+    return pool
+
+
+def dominant_labels(train: ImageData, isolated: torch.Tensor, s: ABLSettings) -> torch.Tensor:
+    """Labels holding at least `retain_exclude_share` of D_iso (bool per class)."""
+    counts = torch.bincount(train.y.cpu()[isolated], minlength=train.num_classes)
+    return counts >= max(1.0, s.retain_exclude_share * int(isolated.sum()))
+
+
+def unlearn_retaining(model, train: ImageData, forget: torch.Tensor, keep: torch.Tensor, ctx: DefenseContext,
+                      s: ABLSettings, steps: int | None = None, lr: float | None = None,
+                      desc: str = "unlearn+retain", evaluate: bool = True) -> tuple[list[dict], dict]:
+    """Step 4 with a retention term. Every step takes a batch of `forget`, a batch of the `keep` samples of
+    non-dominant labels and a batch of those of dominant labels (masks over `train`; each at most
+    `batch_size`) and makes one optimiser step on unlearning loss + `retain_weight` × (CE of the second +
+    CE of the third), each term a mean over its own batch — so the few kept members of the target label
+    weigh as much as all other classes together and the model has to lower p_target on the isolated
+    samples *without* lowering it on the label's clean members. As many steps as plain unlearning takes."""
+    tr = ctx.trainer
+    dom = dominant_labels(train, forget, s)[train.y.cpu()]
+    groups = [torch.nonzero(m).flatten() for m in (forget, keep & ~dom, keep & dom)]
+    bs = s.batch_size
+    steps = steps if steps is not None else s.unlearn_epochs * max(1, -(-len(groups[0]) // bs))
+    lr = lr if lr is not None else s.unlearn_lr
+    g = torch.Generator().manual_seed(ctx.seed + 11 + steps)
+    forget_loss = UNLEARN_LOSSES[s.unlearn_loss]
+    group_of = torch.zeros(len(train), dtype=torch.long)
+    group_of[groups[1]], group_of[groups[2]] = 1, 2
+    group_of = group_of.to(tr.device)
+
+    def stream():
+        queues = [torch.empty(0, dtype=torch.long) for _ in groups]
+        while True:
+            take = []
+            for i, rows in enumerate(groups):
+                n = min(bs, len(rows))
+                if len(queues[i]) < n:
+                    queues[i] = torch.cat([queues[i], rows[torch.randperm(len(rows), generator=g)]])
+                take.append(queues[i][:n])
+                queues[i] = queues[i][n:]
+            idx = torch.cat(take).to(train.y.device)
+            yield to_float(train.x[idx]), train.y[idx], idx.to(tr.device)
+
+    def loss(logits, y, idx):
+        grp = group_of[idx]
+        m = grp == 0
+        value = forget_loss(logits[m], y[m], idx[m])
+        for k in (1, 2):
+            m = grp == k
+            if m.any():
+                value = value + s.retain_weight * F.cross_entropy(logits[m], y[m])
+        return value
+
+    fit = tr.fit_steps(model, stream(), steps, loss=loss, lr=lr, optimizer=tr.new_optimizer(model, lr),
+                       bn=s.unlearn_bn, desc=desc)
+    if evaluate and tr.evaluator is not None and fit.history:
+        fit.history[-1].update(tr.evaluator(model))
+    return fit.history, {"unlearn_epochs_run": s.unlearn_epochs, "unlearn_steps": steps,
+                         "n_retain_other": len(groups[1]), "n_retain_dominant": len(groups[2])}
+
+
+def refit(model, train: ImageData, isolated: torch.Tensor, held: torch.Tensor, fitted_before: torch.Tensor,
+          ctx: DefenseContext, s: ABLSettings) -> tuple[torch.Tensor, dict]:
+    """After unlearning: the D_rest samples the model fitted before unlearning but no longer fits share what
+    was unlearned (the rest of the poison, when unlearning removed the backdoor); drop them with D_iso and
+    fine-tune the unlearned model on what is left. Returns the mask of the newly dropped samples."""
+    tr = ctx.trainer
+    fitted_after = (tr.predict(model, train).cpu() == train.y.cpu())
+    lost = ~isolated & ~held & fitted_before & ~fitted_after
+    keep = ~isolated & ~held & ~lost
+    t0 = time.perf_counter()
+    tr.fit(model, train.subset(keep.to(train.y.device)), epochs=s.refit_epochs, lr=s.refit_lr,
+           batch_size=s.batch_size, desc="refit")
+    labels = torch.bincount(train.y.cpu()[lost], minlength=train.num_classes)
+    ctx.log(f"refit: dropped {int(lost.sum())} more samples (labels {labels.tolist()}), fine-tuned on {int(keep.sum())}")
+    return lost, {"n_refit_dropped": int(lost.sum()), "refit_dropped_label_counts": labels.tolist(),
+                  "n_refit": int(keep.sum()), "refit_seconds": round(time.perf_counter() - t0, 3)}
+
+
 def unlearn(model, forget: ImageData, ctx: DefenseContext, s: ABLSettings,
             guard: ImageData | None = None) -> tuple[list[dict], dict]:
     """Step 4: gradient ascent on `forget`. With a guard, one Trainer stage per epoch so it can stop."""
@@ -302,7 +426,19 @@ def abl(train: ImageData, ctx: DefenseContext, s: ABLSettings) -> DefenseResult:
         ctx.trainer.fit(iso.model, train.subset(rest.to(train.y.device)), epochs=s.finetune_epochs,
                         lr=s.finetune_lr, optimizer=iso.optimizer, batch_size=s.batch_size, desc="finetune")
     t1 = time.perf_counter()
-    _, uinfo = unlearn(iso.model, train.subset(iso.isolated.to(train.y.device)), ctx, s, guard)
+    fitted = (ctx.trainer.predict(iso.model, train).cpu() == train.y.cpu()) if s.refit_epochs > 0 else None
+    if s.retain_weight > 0:
+        if guard is not None:
+            raise UserError("abl: 'retain_weight' and 'guard_tolerance' cannot be combined")
+        _, uinfo = unlearn_retaining(iso.model, train, iso.isolated, retain_pool(train, iso.isolated, held, iso.scores, s), ctx, s,
+                                     evaluate=s.refit_epochs == 0)  # refit evaluates at its end
+    else:
+        _, uinfo = unlearn(iso.model, train.subset(iso.isolated.to(train.y.device)), ctx, s, guard)
     info = {**iso.info, **uinfo, "n_finetune": int(rest.sum()), "n_guard": int(held.sum()),
             "finetune_seconds": round(t1 - t0, 3), "unlearn_seconds": round(time.perf_counter() - t1, 3)}
-    return DefenseResult(iso.model, iso.scores, iso.isolated, ctx.trainer.history[start:], info)
+    flagged = iso.isolated
+    if fitted is not None:
+        lost, rinfo = refit(iso.model, train, iso.isolated, held, fitted, ctx, s)
+        flagged = iso.isolated | lost
+        info.update(rinfo)
+    return DefenseResult(iso.model, iso.scores, flagged, ctx.trainer.history[start:], info)
