@@ -268,6 +268,7 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
 
 def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: bool, progress, log) -> dict[str, Any]:
     t0 = time.perf_counter()
+    code = code_version()  # the code this run starts with
     train_data = prep.poisoned.data
     mean, std = train_data.channel_stats()
     test = prep.test.to(device)
@@ -297,7 +298,7 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
         "cost_seconds": round(wall + reused, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(device),
-        "code": code_version(),
+        "code": code,
         "n_train": len(train_data),
         "n_test": len(test),
         "poison_counts": prep.poisoned.counts(),
