@@ -35,3 +35,14 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_cache():
+    """Each test starts without the shared-work results other tests left in memory (defenses/shared.py) and
+    with the same global RNG state, so its outcome does not depend on which tests ran before it."""
+    from cleantrain.defenses import shared
+
+    shared._memory.clear()
+    torch.manual_seed(0)
+    yield

@@ -184,11 +184,13 @@ def normal_model(train: ImageData, ctx: DefenseContext, epochs: int | None = Non
     return model
 
 
-def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings: Any,
-                     detect: Callable[[ImageData, DefenseContext, Any], Detection]) -> Detection:
-    """`detect(train, ctx, settings)`, computed once per key. A hit advances the Trainer's stage counter by
-    the stages the detection used, so that what follows (and its resume) is numbered as on a miss."""
-    key = f"detect-{name}-{detection_key(name, train, ctx, settings)}"
+def cached_tensors(kind: str, name: str, train: ImageData, ctx: DefenseContext, settings: Any,
+                   compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`compute()` -> (tensors, info), computed once per key (`kind`, `name`, the data, the clean set, the
+    recipe, `settings`). A hit advances the Trainer's stage counter (and the context's model counter) by what the
+    computation used, so that what follows (and its resume) is numbered as on a miss."""
+    key = f"{kind}-{name}-{detection_key(name, train, ctx, settings)}"
     with _locked(key):
         hit = _load(key)
         if hit is not None:
@@ -196,16 +198,28 @@ def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings:
             _reused[0] += float(meta.get("seconds", meta["info"].get("seconds", 0)))
             ctx.trainer.stage += int(meta["stages"])
             ctx._models_made += int(meta["models"])
-            ctx.log(f"{name}: detection cached ({key[-32:-24]})")
-            return Detection(tensors["scores"].clone(), tensors["flagged"].clone().bool(), dict(meta["info"]))
+            ctx.log(f"{name}: {kind} cached ({key[-32:-24]})")
+            return {k: v.clone() for k, v in tensors.items()}, dict(meta["info"])
         stage0, models0, t0, r0 = ctx.trainer.stage, ctx._models_made, time.perf_counter(), _reused[0]
-        det = detect(train, ctx, settings)
+        tensors, info = compute()
         # its cost: its own time plus what it took from the cache (a teacher model, say)
         seconds = time.perf_counter() - t0 + _reused[0] - r0
         meta = {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0, "seconds": round(seconds, 3),
-                "info": json.loads(json.dumps(det.info, default=str))}
-        _keep(key, {"scores": det.scores.float(), "flagged": det.flagged.bool()}, meta)
-    return det
+                "info": json.loads(json.dumps(info, default=str))}
+        _keep(key, tensors, meta)
+    return tensors, info
+
+
+def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings: Any,
+                     detect: Callable[[ImageData, DefenseContext, Any], Detection]) -> Detection:
+    """`detect(train, ctx, settings)`, computed once per key (`cached_tensors`)."""
+
+    def compute():
+        det = detect(train, ctx, settings)
+        return {"scores": det.scores.float(), "flagged": det.flagged.bool()}, det.info
+
+    tensors, info = cached_tensors("detect", name, train, ctx, settings, compute)
+    return Detection(tensors["scores"], tensors["flagged"].bool(), info)
 
 
 def per_class(labels: torch.Tensor, num_classes: int):
