@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["demo", "attacks", "trainer", "models", "abl", "none", "ct", "bench", "distributed", "hardening"]
+ORDER = ["demo", "attacks", "trainer", "models", "abl", "none", "ct", "bench", "core", "distributed", "hardening"]
 
 
 def main() -> None:
