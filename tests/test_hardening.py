@@ -235,8 +235,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "run ended before it could be killed"
-    done = json.loads(ckpt.read_text())["epochs_done"]
+    meta = json.loads(ckpt.read_text())
+    done, before_kill = meta["epochs_done"], meta["elapsed"]
     assert 1 <= done < 3 and not (out / "result.json").exists()
+    epochs_before_kill = sum(h["seconds"] for h in meta["history"])
 
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -245,6 +247,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert _losses(res) == _losses(ref_r)
     assert _metrics(res) == _metrics(ref_r)
     assert (out / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+    # the killed process's time up to its checkpoint counts in the resumed run's wall time
+    assert before_kill >= epochs_before_kill > 0
+    assert 0 < res["carried_seconds"] <= before_kill  # less by what this process did before the restore
+    assert res["wall_seconds"] >= before_kill + sum(h["seconds"] for h in res["history"][done:])
 
 
 # ------------------------------------------------------------ determinism

@@ -285,7 +285,7 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
     reused0 = reused_seconds()
     res = run_defense(cfg.defense, train_data, ctx, dsettings)
     metrics = model_metrics(trainer, res.model, test, prep.attack, prep.target, triggered)
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - t0 + trainer.carried_seconds  # a resumed run counts its earlier processes
     reused = reused_seconds() - reused0
     result = {
         "clean_acc": metrics["clean_acc"],
@@ -293,6 +293,7 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
         "robust_acc": metrics.get("robust_acc"),
         "detection": detection(res.flagged, res.scores, prep.poisoned),
         "wall_seconds": round(wall, 3),
+        "carried_seconds": round(trainer.carried_seconds, 3),  # of wall_seconds, spent before a resume
         # the run's cost had it computed alone: its wall time plus the shared work it took from the cache
         "reused_seconds": round(reused, 3),
         "cost_seconds": round(wall + reused, 3),

@@ -89,6 +89,9 @@ class Trainer:
         self.resume = resume
         self.stage = 0
         self.history: list[dict[str, Any]] = []  # every epoch of every stage, in order
+        # wall time spent by earlier processes on the stages a resumed run skips (see `elapsed`)
+        self.clock0 = time.perf_counter()
+        self.carried_seconds = 0.0
         torch.set_num_threads(self.s.threads or dist.cpu_threads())
         if dist.init():  # under torchrun: this rank's GPU; progress bars on rank 0 only
             self.device = dist.local_device(self.device)
@@ -328,6 +331,12 @@ class Trainer:
         return [self._gathered(torch.cat(s), len(data)) for s in store]
 
     # ------------------------------------------------------------ checkpoints
+    def elapsed(self) -> float:
+        """Seconds this trainer's work has taken, counting the earlier processes of a resumed run: each checkpoint
+        records it, and restoring one carries the time that led to it (a resumed run's wall time is then what it
+        would have been uninterrupted, give or take the redone part of the stage that was cut)."""
+        return time.perf_counter() - self.clock0 + self.carried_seconds
+
     def _next_stage(self) -> int:
         self.stage += 1
         return self.stage
@@ -353,7 +362,7 @@ class Trainer:
         tensors["rng"] = self.gen.get_state()
         st_path, js_path = self._paths(stage)
         atomic_write(st_path, lambda tmp: save_file(tensors, tmp))
-        meta = {"epochs_done": epochs_done, "history": fit.history, "opt_scalars": scalars,
+        meta = {"epochs_done": epochs_done, "elapsed": self.elapsed(), "history": fit.history, "opt_scalars": scalars,
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
         atomic_write(js_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
@@ -380,6 +389,8 @@ class Trainer:
         opt.load_state_dict({"state": opt_state,
                              "param_groups": [dict(sg, params=g["params"]) for g, sg in zip(groups, saved_groups)]})
         self.gen.set_state(tensors["rng"])
+        if isinstance(meta.get("elapsed"), (int, float)):  # older checkpoints lack it
+            self.carried_seconds = max(self.carried_seconds, float(meta["elapsed"]) - (time.perf_counter() - self.clock0))
         fit.history.extend(meta["history"])
         self.history.extend(meta["history"])
         return int(meta["epochs_done"])
