@@ -127,6 +127,8 @@ def test_table_equals_result_json(killed_and_resumed):
         assert row["runs"] == "1"
     assert float(rows["slow"]["der_mean"]) == der(van, slow)
     assert float(rows["slow"]["wall_ratio_mean"]) == slow["cost_seconds"] / van["cost_seconds"]
+    assert float(rows["slow"]["cpu_ratio_mean"]) == slow["cpu_cost_seconds"] / van["cpu_cost_seconds"]
+    assert float(rows["vanilla"]["cpu_ratio_mean"]) == 1.0
     for res in (van, slow):  # a run's cost: its own wall time plus the shared work it took from the cache
         assert res["cost_seconds"] == round(res["wall_seconds"] + res["reused_seconds"], 3)
     assert rows["broken"]["runs"] == "0" and rows["broken"]["ca_mean"] == ""

@@ -250,6 +250,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path):
     # the killed process's time up to its checkpoint counts in the resumed run's wall time
     assert before_kill >= epochs_before_kill > 0
     assert 0 < res["carried_seconds"] <= before_kill  # less by what this process did before the restore
+    assert res["cpu_seconds"] >= meta["cpu_elapsed"] > 0
     assert res["wall_seconds"] >= before_kill + sum(h["seconds"] for h in res["history"][done:])
 
 

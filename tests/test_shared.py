@@ -97,10 +97,11 @@ def test_a_hit_counts_the_reused_work(small, tmp_path, monkeypatch):
     data = small[0].head(600)
     monkeypatch.setenv(shared.CACHE_ENV, str(tmp_path))
     shared._memory.clear()
-    before = shared.reused_seconds()
+    before, before_cpu = shared.reused_seconds(), shared.reused_cpu_seconds()
     shared.normal_fit(data, _ctx(data))
-    assert shared.reused_seconds() == before  # a miss reuses nothing
+    assert (shared.reused_seconds(), shared.reused_cpu_seconds()) == (before, before_cpu)  # a miss reuses nothing
     meta = json.loads(next(tmp_path.glob("normal-*.json")).read_text())
-    assert meta["seconds"] > 0 and len(meta["history"]) == 1
+    assert meta["seconds"] > 0 and meta["cpu_seconds"] > 0 and len(meta["history"]) == 1
     shared.normal_fit(data, _ctx(data))
     assert shared.reused_seconds() == before + meta["seconds"]
+    assert shared.reused_cpu_seconds() == before_cpu + meta["cpu_seconds"]

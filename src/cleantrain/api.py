@@ -24,7 +24,7 @@ from .config import as_dict, build, load_yaml
 from .data.core import ImageData, PoisonedData
 from .data.io import load_dataset, load_npz, save_npz
 from .defenses.base import DefenseContext, defense_settings, run_defense, run_detector
-from .defenses.shared import reused_seconds
+from .defenses.shared import reused_cpu_seconds, reused_seconds
 from .errors import UserError
 from .evaluate.metrics import detection, model_metrics, peak_rss_mb
 from .models.base import make_model
@@ -267,7 +267,7 @@ def train(cfg: RunConfig, out: str | Path, *, overwrite: bool = False, db: str |
 
 
 def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: bool, progress, log) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     code = code_version()  # the code this run starts with
     train_data = prep.poisoned.data
     mean, std = train_data.channel_stats()
@@ -282,10 +282,11 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
     ctx = DefenseContext(trainer, cfg.model, train_data.shape, train_data.num_classes, mean, std, cfg.seed,
                          clean=prep.clean, clean_source=prep.clean_source,
                          log=lambda m: log(f"[{cfg.defense}] {m}") if log else None)
-    reused0 = reused_seconds()
+    reused0, reused_cpu0 = reused_seconds(), reused_cpu_seconds()
     res = run_defense(cfg.defense, train_data, ctx, dsettings)
     metrics = model_metrics(trainer, res.model, test, prep.attack, prep.target, triggered)
     wall = time.perf_counter() - t0 + trainer.carried_seconds  # a resumed run counts its earlier processes
+    cpu = time.process_time() - cpu0 + trainer.carried_cpu_seconds
     reused = reused_seconds() - reused0
     result = {
         "clean_acc": metrics["clean_acc"],
@@ -297,6 +298,9 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
         # the run's cost had it computed alone: its wall time plus the shared work it took from the cache
         "reused_seconds": round(reused, 3),
         "cost_seconds": round(wall + reused, 3),
+        # the same in CPU time (all threads; carried over resumes): steady when other processes share the cores
+        "cpu_seconds": round(cpu, 3),
+        "cpu_cost_seconds": round(cpu + reused_cpu_seconds() - reused_cpu0, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": str(device),
         "code": code,

@@ -5,6 +5,9 @@ cost ratio compare each run with the vanilla run of the same attack, rate
 and seed. "wall s" is the run's own wall time; "× vanilla" compares costs,
 a run's cost being its wall time plus the shared work it took from the cache
 (`cost_seconds`; defenses/shared.py), i.e. what it would take alone.
+"CPU ×" is the same ratio in CPU time (`cpu_cost_seconds`), which other
+processes on the same cores hardly move: read it when runs shared a busy
+machine (a bench with --jobs); "–" for runs recorded before it existed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .grid import rate_label
 # (column, header, how the Markdown shows it)
 METRICS = [("ca", "CA %", "pct"), ("asr", "ASR %", "pct"), ("ra", "RA %", "pct"), ("tpr", "TPR %", "pct"),
            ("fpr", "FPR %", "pct"), ("auroc", "AUROC", "f3"), ("der", "DER", "f3"), ("wall", "wall s", "f0"),
-           ("wall_ratio", "× vanilla", "x2")]
+           ("wall_ratio", "× vanilla", "x2"), ("cpu_ratio", "CPU ×", "x2")]
 
 
 def load_manifest(bench: Path) -> list[dict[str, Any]]:
@@ -52,15 +55,19 @@ def run_metrics(r: dict[str, Any], vanilla: dict[str, Any] | None) -> dict[str, 
     det = r.get("detection") or {}
     out = {"ca": r.get("clean_acc"), "asr": r.get("asr"), "ra": r.get("robust_acc"), "tpr": det.get("tpr"),
            "fpr": det.get("fpr"), "auroc": det.get("auroc"), "wall": r.get("wall_seconds"),
-           "der": None, "wall_ratio": None}
+           "der": None, "wall_ratio": None, "cpu_ratio": None}
     if vanilla is not None and vanilla is not r:
         out["der"] = der(vanilla, r)
         vw = vanilla.get("cost_seconds", vanilla.get("wall_seconds"))
         rw = r.get("cost_seconds", r.get("wall_seconds"))
         if vw and rw is not None:
             out["wall_ratio"] = rw / vw
+        vc, rc = vanilla.get("cpu_cost_seconds"), r.get("cpu_cost_seconds")
+        if vc and rc is not None:
+            out["cpu_ratio"] = rc / vc
     elif vanilla is r:
         out["wall_ratio"] = 1.0
+        out["cpu_ratio"] = 1.0 if r.get("cpu_cost_seconds") else None
     return out
 
 

@@ -42,12 +42,17 @@ from .base import DefenseContext, Detection
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
 _memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
 _MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
-_reused = [0.0]  # seconds of computation this process took from the cache instead of doing it
+_reused = [0.0, 0.0]  # wall and CPU seconds of computation this process took from the cache instead of doing it
 
 
 def reused_seconds() -> float:
     """Seconds that the cached results this process used took to compute (a run's cost counts them)."""
     return _reused[0]
+
+
+def reused_cpu_seconds() -> float:
+    """CPU seconds of the same (entries written before CPU time was recorded count their wall time)."""
+    return _reused[1]
 
 
 def _hash_data(h, data: ImageData) -> None:
@@ -144,6 +149,28 @@ def _own_generator(ctx: DefenseContext, seed: int) -> Iterator[None]:
         tr.gen = saved
 
 
+def _once(name: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+    """(tensors, meta, hit): the cache entry `name`, or `compute()`'s, kept with what it cost (wall and CPU
+    seconds, counting the cached work it used in turn). A hit adds that cost to `reused_seconds`."""
+    with _locked(name):
+        hit = _load(name)
+        if hit is not None:
+            tensors, meta = hit
+            if isinstance(meta, list):  # a normal model's entry written before costs were recorded
+                meta = {"history": meta, "seconds": sum(float(r.get("seconds", 0)) for r in meta)}
+            seconds = float(meta.get("seconds", (meta.get("info") or {}).get("seconds", 0)))
+            _reused[0] += seconds
+            _reused[1] += float(meta.get("cpu_seconds", seconds))  # older entries: wall time (one thread)
+            return tensors, meta, True
+        t0, c0, r0 = time.perf_counter(), time.process_time(), list(_reused)
+        tensors, meta = compute()
+        meta = {**meta, "seconds": round(time.perf_counter() - t0 + _reused[0] - r0[0], 3),
+                "cpu_seconds": round(time.process_time() - c0 + _reused[1] - r0[1], 3)}
+        _keep(name, tensors, meta)
+        return tensors, meta, False
+
+
 def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
                desc: str = "normal") -> tuple[Net, list[dict[str, Any]]]:
     """A model trained normally (the recipe, with augmentation) on `train`, and its per-epoch history.
@@ -151,29 +178,24 @@ def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
     Trained once per key; its initial weights and batch order come from the key."""
     epochs = ctx.trainer.s.epochs if epochs is None else epochs
     key = model_key(train, ctx, epochs)
-    name = f"normal-{key}"
     seed = int(key[:12], 16)
     model = ctx.new_model(init_seed=seed)
-    with _locked(name):
-        hit = _load(name)
-        if hit is not None:
-            state, meta = hit
-            if isinstance(meta, list):  # written before the cost was recorded: the epochs' own seconds
-                meta = {"history": meta, "seconds": sum(float(r.get("seconds", 0)) for r in meta)}
-            history = meta["history"]
-            _reused[0] += float(meta["seconds"])
-            # a zero-epoch fit keeps the Trainer's stage numbering (and so its resume) the same as on a miss
-            ctx.trainer.fit(model, train, epochs=0, evaluate=False, desc=f"{desc} (cached)")
-            model.load_state_dict({k: v.to(ctx.trainer.device) for k, v in state.items()})
-            history = [dict(row, cached=True) for row in history]  # marked: trained elsewhere, not again
-            ctx.trainer.history.extend(history)
-            ctx.log(f"{desc}: normally trained model cached ({key[:8]})")
-        else:
-            ctx.log(f"{desc}: training {epochs} epochs")
-            t0 = time.perf_counter()
-            with _own_generator(ctx, seed):
-                history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc).history
-            _keep(name, model.state_dict(), {"history": history, "seconds": round(time.perf_counter() - t0, 3)})
+
+    def compute():
+        ctx.log(f"{desc}: training {epochs} epochs")
+        with _own_generator(ctx, seed):
+            history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc).history
+        return model.state_dict(), {"history": history}
+
+    state, meta, hit = _once(f"normal-{key}", compute)
+    if not hit:
+        return model, meta["history"]
+    # a zero-epoch fit keeps the Trainer's stage numbering (and so its resume) the same as on a miss
+    ctx.trainer.fit(model, train, epochs=0, evaluate=False, desc=f"{desc} (cached)")
+    model.load_state_dict({k: v.to(ctx.trainer.device) for k, v in state.items()})
+    history = [dict(row, cached=True) for row in meta["history"]]  # marked: trained elsewhere, not again
+    ctx.trainer.history.extend(history)
+    ctx.log(f"{desc}: normally trained model cached ({key[:8]})")
     return model, history
 
 
@@ -191,23 +213,23 @@ def cached_tensors(kind: str, name: str, train: ImageData, ctx: DefenseContext, 
     recipe, `settings`). A hit advances the Trainer's stage counter (and the context's model counter) by what the
     computation used, so that what follows (and its resume) is numbered as on a miss."""
     key = f"{kind}-{name}-{detection_key(name, train, ctx, settings)}"
-    with _locked(key):
-        hit = _load(key)
-        if hit is not None:
-            tensors, meta = hit
-            _reused[0] += float(meta.get("seconds", meta["info"].get("seconds", 0)))
-            ctx.trainer.stage += int(meta["stages"])
-            ctx._models_made += int(meta["models"])
-            ctx.log(f"{name}: {kind} cached ({key[-32:-24]})")
-            return {k: v.clone() for k, v in tensors.items()}, dict(meta["info"])
-        stage0, models0, t0, r0 = ctx.trainer.stage, ctx._models_made, time.perf_counter(), _reused[0]
+
+    fresh: list[dict[str, Any]] = []
+
+    def counted():
+        stage0, models0 = ctx.trainer.stage, ctx._models_made
         tensors, info = compute()
-        # its cost: its own time plus what it took from the cache (a teacher model, say)
-        seconds = time.perf_counter() - t0 + _reused[0] - r0
-        meta = {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0, "seconds": round(seconds, 3),
-                "info": json.loads(json.dumps(info, default=str))}
-        _keep(key, tensors, meta)
-    return tensors, info
+        fresh.append(info)
+        return tensors, {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0,
+                         "info": json.loads(json.dumps(info, default=str))}
+
+    tensors, meta, hit = _once(key, counted)
+    if not hit:
+        return tensors, fresh[0]
+    ctx.trainer.stage += int(meta["stages"])
+    ctx._models_made += int(meta["models"])
+    ctx.log(f"{name}: {kind} cached ({key[-32:-24]})")
+    return {k: v.clone() for k, v in tensors.items()}, dict(meta["info"])
 
 
 def cached_detection(name: str, train: ImageData, ctx: DefenseContext, settings: Any,

@@ -184,7 +184,7 @@ def run_page(run: Path) -> str:
     row: dict[str, Any] = {"attack": attack or "clean", "rate": cfg_d.get("rate", 0), "defense": name,
                            "runs": 1, "cells": 1, "failed": []}
     m = run_metrics(result, result)
-    m["wall_ratio"] = None
+    m["wall_ratio"] = m["cpu_ratio"] = None
     for k, _, _ in METRICS:
         row[f"{k}_mean"], row[f"{k}_std"] = _stats([m[k]])
     sections = [("Result", _table([row]) + _details(result))]

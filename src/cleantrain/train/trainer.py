@@ -90,8 +90,8 @@ class Trainer:
         self.stage = 0
         self.history: list[dict[str, Any]] = []  # every epoch of every stage, in order
         # wall time spent by earlier processes on the stages a resumed run skips (see `elapsed`)
-        self.clock0 = time.perf_counter()
-        self.carried_seconds = 0.0
+        self.clock0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.carried_seconds = self.carried_cpu_seconds = 0.0
         torch.set_num_threads(self.s.threads or dist.cpu_threads())
         if dist.init():  # under torchrun: this rank's GPU; progress bars on rank 0 only
             self.device = dist.local_device(self.device)
@@ -337,6 +337,12 @@ class Trainer:
         would have been uninterrupted, give or take the redone part of the stage that was cut)."""
         return time.perf_counter() - self.clock0 + self.carried_seconds
 
+    def cpu_elapsed(self) -> float:
+        """CPU seconds of this process since the trainer started (all threads), plus those carried by a resume:
+        unlike wall time it hardly moves when other processes share the cores, so cost ratios measured under load
+        use it."""
+        return time.process_time() - self.cpu0 + self.carried_cpu_seconds
+
     def _next_stage(self) -> int:
         self.stage += 1
         return self.stage
@@ -362,7 +368,8 @@ class Trainer:
         tensors["rng"] = self.gen.get_state()
         st_path, js_path = self._paths(stage)
         atomic_write(st_path, lambda tmp: save_file(tensors, tmp))
-        meta = {"epochs_done": epochs_done, "elapsed": self.elapsed(), "history": fit.history, "opt_scalars": scalars,
+        meta = {"epochs_done": epochs_done, "elapsed": self.elapsed(), "cpu_elapsed": self.cpu_elapsed(),
+                "history": fit.history, "opt_scalars": scalars,
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]}
         atomic_write(js_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
 
@@ -391,6 +398,9 @@ class Trainer:
         self.gen.set_state(tensors["rng"])
         if isinstance(meta.get("elapsed"), (int, float)):  # older checkpoints lack it
             self.carried_seconds = max(self.carried_seconds, float(meta["elapsed"]) - (time.perf_counter() - self.clock0))
+        if isinstance(meta.get("cpu_elapsed"), (int, float)):
+            self.carried_cpu_seconds = max(self.carried_cpu_seconds,
+                                           float(meta["cpu_elapsed"]) - (time.process_time() - self.cpu0))
         fit.history.extend(meta["history"])
         self.history.extend(meta["history"])
         return int(meta["epochs_done"])
