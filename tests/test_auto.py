@@ -26,7 +26,7 @@ def poisoned(small):
 
 
 def test_settings_are_checked():
-    assert defense_settings("auto", None).detectors == ("ct",)
+    assert defense_settings("auto", None).detectors == ("ct", "scan")
     with pytest.raises(UserError, match="not a detector"):
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
@@ -40,6 +40,8 @@ def test_settings_are_checked():
 def test_rank01_orders_and_scales():
     r = rank01(torch.tensor([3.0, float("nan"), -1.0, 10.0]))
     assert r.tolist() == pytest.approx([2 / 3, 0.0, 1 / 3, 1.0])
+    tied = rank01(torch.tensor([0.0, 5.0, 0.0, 0.0, 2.0]))  # ties share their mean rank, whatever their order
+    assert tied.tolist() == pytest.approx([1 / 4, 1.0, 1 / 4, 1 / 4, 3 / 4])
 
 
 def test_union_flags_what_any_detector_flags(poisoned):
