@@ -15,6 +15,7 @@ import pytest
 
 from cleantrain.bench import load_grid, parse_grid
 from cleantrain.bench.grid import validate
+from cleantrain.bench.table import run_metrics
 from cleantrain.errors import UserError
 from cleantrain.evaluate.metrics import der
 from cleantrain.store.runs import RunStore
@@ -129,6 +130,7 @@ def test_table_equals_result_json(killed_and_resumed):
     assert float(rows["slow"]["wall_ratio_mean"]) == slow["cost_seconds"] / van["cost_seconds"]
     assert float(rows["slow"]["cpu_ratio_mean"]) == slow["cpu_cost_seconds"] / van["cpu_cost_seconds"]
     assert float(rows["vanilla"]["cpu_ratio_mean"]) == 1.0
+    assert run_metrics(dict(slow, device="cuda:0"), van)["cpu_ratio"] is None  # host CPU time says nothing on a GPU
     for res in (van, slow):  # a run's cost: its own wall time plus the shared work it took from the cache
         assert res["cost_seconds"] == round(res["wall_seconds"] + res["reused_seconds"], 3)
     assert rows["broken"]["runs"] == "0" and rows["broken"]["ca_mean"] == ""

@@ -62,13 +62,18 @@ def run_metrics(r: dict[str, Any], vanilla: dict[str, Any] | None) -> dict[str, 
         rw = r.get("cost_seconds", r.get("wall_seconds"))
         if vw and rw is not None:
             out["wall_ratio"] = rw / vw
-        vc, rc = vanilla.get("cpu_cost_seconds"), r.get("cpu_cost_seconds")
+        vc, rc = _cpu_cost(vanilla), _cpu_cost(r)
         if vc and rc is not None:
             out["cpu_ratio"] = rc / vc
     elif vanilla is r:
         out["wall_ratio"] = 1.0
-        out["cpu_ratio"] = 1.0 if r.get("cpu_cost_seconds") else None
+        out["cpu_ratio"] = 1.0 if _cpu_cost(r) else None
     return out
+
+
+def _cpu_cost(r: dict[str, Any]) -> float | None:
+    """A run's cost in CPU time, for runs on the CPU (on a GPU the host's CPU time does not measure the work)."""
+    return r.get("cpu_cost_seconds") if str(r.get("device", "cpu")).startswith("cpu") else None
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
