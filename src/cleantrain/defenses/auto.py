@@ -103,7 +103,7 @@ def rank01(scores: torch.Tensor) -> torch.Tensor:
     """Scores as ranks scaled to [0, 1]; tied scores share their mean rank (SCAn gives most samples 0), and NaN
     counts as least suspect."""
     s = torch.nan_to_num(scores.detach().cpu().double(), nan=float("-inf"))
-    values, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
+    _, inverse, counts = torch.unique(s, sorted=True, return_inverse=True, return_counts=True)
     first = torch.cumsum(counts, 0) - counts  # the rank of each distinct value's first sample
     mean_rank = first.double() + (counts.double() - 1) / 2
     return (mean_rank[inverse] / max(1, len(s) - 1)).float()

@@ -214,18 +214,16 @@ def cached_tensors(kind: str, name: str, train: ImageData, ctx: DefenseContext, 
     computation used, so that what follows (and its resume) is numbered as on a miss."""
     key = f"{kind}-{name}-{detection_key(name, train, ctx, settings)}"
 
-    fresh: list[dict[str, Any]] = []
-
     def counted():
         stage0, models0 = ctx.trainer.stage, ctx._models_made
         tensors, info = compute()
-        fresh.append(info)
+        # info as a hit reads it back (JSON types), so that a miss returns exactly what a hit would
         return tensors, {"stages": ctx.trainer.stage - stage0, "models": ctx._models_made - models0,
                          "info": json.loads(json.dumps(info, default=str))}
 
     tensors, meta, hit = _once(key, counted)
     if not hit:
-        return tensors, fresh[0]
+        return tensors, dict(meta["info"])
     ctx.trainer.stage += int(meta["stages"])
     ctx._models_made += int(meta["models"])
     ctx.log(f"{name}: {kind} cached ({key[-32:-24]})")

@@ -183,8 +183,7 @@ def run_page(run: Path) -> str:
     attack = cfg_d.get("attack") if (cfg_d.get("attack") and prov and prov.attack) else None
     row: dict[str, Any] = {"attack": attack or "clean", "rate": cfg_d.get("rate", 0), "defense": name,
                            "runs": 1, "cells": 1, "failed": []}
-    m = run_metrics(result, result)
-    m["wall_ratio"] = m["cpu_ratio"] = None
+    m = run_metrics(result, None)  # one run alone: no vanilla to compare with (DER and the ratios stay empty)
     for k, _, _ in METRICS:
         row[f"{k}_mean"], row[f"{k}_std"] = _stats([m[k]])
     sections = [("Result", _table([row]) + _details(result))]
