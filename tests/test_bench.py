@@ -145,6 +145,14 @@ def test_grid_expands_per_rate_defenses_and_validates(tmp_path):
     assert len(ids) == 6 and "badnets-1pct-base-s1" in ids and "badnets-10pct-base-s0" not in ids
     assert set(g.poison) == {"badnets-10pct-s0", "badnets-1pct-s0", "badnets-10pct-s1", "badnets-1pct-s1"}
     assert all(p["train_size"] == 1000 for p in g.poison.values())
+    g = parse_grid({"attacks": ["badnets", {"key": "sig", "rates": [0.01]}], "rates": [0.1, 0.01],
+                    "defenses": ["vanilla", {"key": "vanilla", "name": "base", "rates": [0.1]}]})
+    assert sorted(c.id for c in g.cells) == ["badnets-10pct-base-s0", "badnets-10pct-vanilla-s0",
+                                             "badnets-1pct-vanilla-s0", "sig-1pct-vanilla-s0"]
+    with pytest.raises(UserError, match="no cells"):
+        parse_grid({"attacks": [{"key": "sig", "rates": [0.01]}], "rates": [0.1], "defenses": ["vanilla"]})
+    with pytest.raises(UserError, match="attack 'sig': unknown field 'train'"):
+        parse_grid({"attacks": [{"key": "sig", "train": {"epochs": 1}}], "rates": [0.1], "defenses": ["vanilla"]})
     with pytest.raises(UserError, match="unknown field 'attack'"):
         parse_grid({"attack": "badnets", "rates": [0.1], "defenses": ["vanilla"]})
     with pytest.raises(UserError, match="rates"):
@@ -157,7 +165,8 @@ def test_grid_expands_per_rate_defenses_and_validates(tmp_path):
 
 def test_shipped_grids_are_valid():
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
-    for name, n in (("core.yaml", 84), ("smoke.yaml", 30)):
+    for name, n in (("core.yaml", 84), ("smoke.yaml", 30), ("issues.yaml", 104), ("issues-part1.yaml", 14),
+                    ("none5.yaml", 10)):
         grid = load_grid(root / name)
         assert len(grid.cells) == n
         validate(grid)  # every attack, defense, preset and setting exists

@@ -9,7 +9,7 @@
     seeds: [0]
     rates: [0.1, 0.01]
     train: {epochs: 10}        # TrainSettings for every run
-    attacks: [badnets, {key: blend, opts: {alpha: 0.2}}]
+    attacks: [badnets, {key: blend, opts: {alpha: 0.2}}, {key: tact, rates: [0.01]}]
     defenses:
       - vanilla
       - abl
@@ -41,6 +41,7 @@ from ..errors import UserError
 GRID_KEYS = {"name", "dataset", "data_root", "model", "train_size", "test_size", "target", "seeds", "rates",
              "train", "attacks", "defenses", "defense_opts", "clean_set", "device"}
 ENTRY_KEYS = {"key", "name", "opts", "rates", "train", "set", "preset"}
+ATTACK_KEYS = {"key", "name", "opts", "rates"}  # an attack entry sets the poison, not the run
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
@@ -91,9 +92,10 @@ def _entry(raw: Any, what: str, base: Path | None) -> Entry:
         return Entry(raw, raw)
     if not isinstance(raw, dict) or "key" not in raw:
         raise UserError(f"grid: each {what} is a key or a mapping with 'key', got {raw!r}")
-    unknown = sorted(set(raw) - ENTRY_KEYS)
+    valid = ATTACK_KEYS if what == "attack" else ENTRY_KEYS
+    unknown = sorted(set(raw) - valid)
     if unknown:
-        raise UserError(f"grid: {what} {raw['key']!r}: unknown field {unknown[0]!r}; valid: {', '.join(sorted(ENTRY_KEYS))}")
+        raise UserError(f"grid: {what} {raw['key']!r}: unknown field {unknown[0]!r}; valid: {', '.join(sorted(valid))}")
     key = str(raw["key"])
     overrides: dict[str, Any] = {}
     opts: dict[str, Any] = {}
@@ -130,6 +132,10 @@ def _preset(name: str, base: Path | None) -> dict[str, Any]:
         elif k not in ("dataset", "model", "defense", "attack", "rate", "target", "seed", "data"):
             out[k] = v  # the grid, not the preset, decides what runs on what
     return out
+
+
+def _at(rate: float, rates: tuple[float, ...] | None) -> bool:
+    return rates is None or any(abs(rate - r) < 1e-12 for r in rates)
 
 
 def _mapping(v: Any, what: str) -> dict[str, Any]:
@@ -190,8 +196,10 @@ def parse_grid(raw: dict[str, Any], base: Path | None = None, name: str = "grid"
     for seed in seeds:
         for rate in rates:
             for att in attacks:
+                if not _at(rate, att.rates):
+                    continue
                 for d in defenses:
-                    if d.rates is not None and not any(abs(rate - r) < 1e-12 for r in d.rates):
+                    if not _at(rate, d.rates):
                         continue
                     opts = {**_mapping(per_key.get(d.key), f"defense_opts.{d.key}"), **d.opts}
                     ov = {**common, "attack": att.key, "rate": rate, "seed": seed, "defense": d.key,
@@ -205,7 +213,7 @@ def parse_grid(raw: dict[str, Any], base: Path | None = None, name: str = "grid"
                                           "train_size": raw.get("train_size")}.items()
                         if not k.startswith("train.") and k not in ("clean_set", "device")})
     if not cells:
-        raise UserError("grid: no cells (check the defenses' 'rates')")
+        raise UserError("grid: no cells (check the attacks' and defenses' 'rates')")
     # vanilla first within each poisoned set, so DER has its reference early
     first: dict[str, int] = {}
     for i, c in enumerate(cells):
