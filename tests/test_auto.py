@@ -31,6 +31,8 @@ def test_settings_are_checked():
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
         defense_settings("auto", {"detectors": ["nope"]})
+    with pytest.raises(UserError, match="rank_flags"):
+        defense_settings("auto", {"rank_flags": -1})
     with pytest.raises(UserError, match="unlearn_until"):
         defense_settings("auto", {"unlearn_until": 0.5, "unlearn_when": 0.2})
     with pytest.raises(UserError, match="one value per round"):  # a detector's own settings are checked too
@@ -54,6 +56,22 @@ def test_union_flags_what_any_detector_flags(poisoned):
     assert torch.equal(union.flagged, each[0] | each[1])
     assert union.info["n_flagged"] == int((each[0] | each[1]).sum())
     assert union.scores.shape == (len(pd),) and 0 <= float(union.scores.min()) <= float(union.scores.max()) <= 1
+    # rank_flags: the union plus the top-ranked samples, as many more as rank_flags × the union's size
+    wider = detect_union(pd.data, ctx, AutoSettings(detectors=("ss", "ac"), rank_flags=0.5))
+    assert torch.equal(wider.scores, union.scores)
+    n = int(union.flagged.sum())
+    top = torch.argsort(union.scores, descending=True, stable=True)[: round(0.5 * n)]
+    want = union.flagged.clone()
+    want[top] = True
+    assert torch.equal(wider.flagged, want) and wider.info["detectors"]["rank_flags"] == int(want.sum()) - n
+
+
+def test_rank_top_is_deterministic():
+    from cleantrain.defenses.auto import rank_top
+
+    s = torch.tensor([0.5, 0.9, 0.5, 0.1, 0.5])
+    assert rank_top(s, 2).tolist() == [True, True, False, False, False]  # the tie at 0.5 goes to the first index
+    assert rank_top(s, 0).sum() == 0 and rank_top(s, 9).all()
 
 
 def test_unlearning_runs_only_while_the_backdoor_survives(poisoned):

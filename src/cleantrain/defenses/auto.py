@@ -72,6 +72,9 @@ class AutoSettings:
     detectors: tuple[str, ...] = ("ct", "scan")  # flag the union of these detectors' suspects (measured)
     # {detector key: {setting: value}}, on top of DETECTOR_DEFAULTS
     detector_opts: dict[str, Any] = field(default_factory=dict)
+    # also flag the rank_flags × (number flagged) samples ranked most suspect by the mean rank (0 = off): at 1 %
+    # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's own flags of the same size
+    rank_flags: float = 0.0
     dominant_share: float = 0.2  # unlearning looks at the suspects of labels holding at least this share of them
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
     unlearn_until: float = 0.05  # ... and stop once it fits no more than this share
@@ -93,6 +96,8 @@ class AutoSettings:
             detector_settings(key, self)  # fail before any work
         if self.unlearn_epochs < 0 or not self.unlearn_lr > 0 or not 0 <= self.guard_tolerance < 1:
             raise UserError("auto: 'unlearn_epochs' ≥ 0, 'unlearn_lr' > 0, 'guard_tolerance' in [0, 1)")
+        if not 0 <= self.rank_flags <= 10:
+            raise UserError("auto: 'rank_flags' must lie in [0, 10]")
         if not 0 < self.dominant_share <= 1:
             raise UserError("auto: 'dominant_share' must lie in (0, 1]")
         if not 0 <= self.unlearn_until <= self.unlearn_when <= 1:
@@ -120,7 +125,22 @@ def detect_union(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Dete
         ranks.append(rank01(det.scores))
         info[key] = {"n_flagged": int(f.sum()), "seconds": round(time.perf_counter() - t0, 1), **det.info}
         ctx.log(f"{key}: {int(f.sum())} flagged")
-    return Detection(torch.stack(ranks).mean(0), flagged, {"detectors": info, "n_flagged": int(flagged.sum())})
+    score = torch.stack(ranks).mean(0)
+    extra = rank_top(score, round(s.rank_flags * int(flagged.sum()))) & ~flagged
+    if s.rank_flags > 0:
+        info["rank_flags"] = int(extra.sum())
+        ctx.log(f"rank: {int(extra.sum())} more flagged")
+    flagged |= extra
+    return Detection(score, flagged, {"detectors": info, "n_flagged": int(flagged.sum())})
+
+
+def rank_top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """A mask of the k highest scores (ties broken by index, so the same scores always give the same mask)."""
+    mask = torch.zeros(len(score), dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(score, descending=True, stable=True).indices
+        mask[order[: min(k, len(score))]] = True
+    return mask
 
 
 def dominant_suspects(train: ImageData, flagged: torch.Tensor, share: float) -> torch.Tensor:
