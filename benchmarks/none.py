@@ -2,6 +2,7 @@
 
     python benchmarks/none.py run [--train-size 10000] [--epochs 6] [--only badnets natural]   # resumable
     python benchmarks/none.py table                                                        # Markdown to stdout
+(`--out DIR` on both: another results folder, e.g. for another scale; default bench/none).
 
 Cells, one JSON each under bench/none/ (finished cells are skipped, so the
 script can be stopped and rerun):
@@ -119,6 +120,7 @@ def run_natural(a) -> None:
 
 def cmd_run(a) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    print(f"results in {OUT}", flush=True)
     order = a.only or ["badnets", "natural", *ATTACKS[1:]]
     for item in order:
         try:
@@ -167,6 +169,7 @@ def cmd_table(a) -> None:
 
 
 def main() -> None:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -187,7 +190,10 @@ def main() -> None:
     t = sub.add_parser("table")
     t.add_argument("--model", default="small-cnn")
     t.set_defaults(fn=cmd_table)
+    for sp in (r, t):
+        sp.add_argument("--out", type=Path, default=OUT, help="results folder (default bench/none)")
     a = p.parse_args()
+    OUT = a.out.resolve()
     if a.cmd == "run":
         a.natural = {k: v for k, v in (("rounds", a.natural_rounds), ("finetune_epochs", a.natural_finetune),
                                        ("max_reset_fraction", a.natural_fraction), ("bn", a.natural_bn))
