@@ -2,6 +2,11 @@
 low as the best single defense's, at no more than one point lower CA?
 
     python benchmarks/auto_check.py bench/core/table.csv [--markdown]
+    python benchmarks/auto_check.py bench/core/table.csv bench/auto-rank/table.csv --auto auto-rank1
+
+Several tables are read as one (a later table's rows add to, or replace, the earlier ones of the same
+cell and defense); `--auto` names the defense entry to judge (the others named auto* are left out of the
+singles).
 
 "Best single defense" = the finished non-auto defense (vanilla excluded) with the lowest ASR, ties broken by the
 higher CA — read two ways, both printed: "any" takes every defense, "usable" only those whose CA is within
@@ -17,21 +22,22 @@ import csv
 from collections import defaultdict
 
 
-def load(path: str) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+def load(*paths: str) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
     cells: dict[tuple[str, str], dict[str, dict[str, float]]] = defaultdict(dict)
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            if row["runs"] in ("", "0") or row["asr_mean"] == "" or row["ca_mean"] == "":
-                continue
-            cells[(row["attack"], row["rate"])][row["defense"]] = {"ca": float(row["ca_mean"]),
-                                                                   "asr": float(row["asr_mean"])}
+    for path in paths:
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row["runs"] in ("", "0") or row["asr_mean"] == "" or row["ca_mean"] == "":
+                    continue
+                cells[(row["attack"], row["rate"])][row["defense"]] = {"ca": float(row["ca_mean"]),
+                                                                       "asr": float(row["asr_mean"])}
     return cells
 
 
 def compare(cells, auto: str = "auto", ca_points: float = 1.0, usable: float | None = None):
     rows = []
     for (attack, rate), d in cells.items():
-        singles = {k: v for k, v in d.items() if k not in (auto, "vanilla") and not k.startswith(auto + "-")}
+        singles = {k: v for k, v in d.items() if k not in (auto, "vanilla") and not k.startswith("auto")}
         if usable is not None and "vanilla" in d:
             kept = {k: v for k, v in singles.items() if v["ca"] >= d["vanilla"]["ca"] - usable / 100}
             singles = kept or singles
@@ -46,14 +52,15 @@ def compare(cells, auto: str = "auto", ca_points: float = 1.0, usable: float | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("table", help="a bench's table.csv")
+    ap.add_argument("table", nargs="+", help="bench table.csv files, read as one")
+    ap.add_argument("--auto", default="auto", help="the defense entry to judge (default auto)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--usable", type=float, default=2.0, help="CA points below vanilla a 'usable' defense may lose")
     args = ap.parse_args()
-    cells = load(args.table)
+    cells = load(*args.table)
     for label, usable in (("any", None), (f"usable (CA within {args.usable:g} points of vanilla)", args.usable)):
         print(f"\n### best single defense: {label}\n")
-        report(compare(cells, usable=usable), args.markdown)
+        report(compare(cells, auto=args.auto, usable=usable), args.markdown)
 
 
 def report(rows, markdown: bool) -> None:

@@ -170,3 +170,26 @@ def test_shipped_grids_are_valid():
         grid = load_grid(root / name)
         assert len(grid.cells) == n
         validate(grid)  # every attack, defense, preset and setting exists
+
+
+def test_auto_check_reads_tables_as_one(tmp_path):
+    """benchmarks/auto_check.py: the best single defense per cell, auto judged against it, two tables merged."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "auto_check.py"
+    spec = importlib.util.spec_from_file_location("auto_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    head = "attack,rate,defense,runs,ca_mean,asr_mean\n"
+    (tmp_path / "a.csv").write_text(head + "badnets,0.1,vanilla,1,0.92,1.0\nbadnets,0.1,abl,1,0.91,0.0\n"
+                                    "badnets,0.1,ct,1,0.80,0.0\nbadnets,0.1,auto,1,0.90,0.02\n"
+                                    "sig,0.1,vanilla,1,0.9,0.9\nsig,0.1,none,0,,\n")
+    (tmp_path / "b.csv").write_text(head + "badnets,0.1,auto-x,1,0.905,0.0\n")
+    cells = mod.load(str(tmp_path / "a.csv"), str(tmp_path / "b.csv"))
+    rows = mod.compare(cells)
+    assert [(r[0], r[2], r[5]) for r in rows] == [("badnets", "abl", False)]  # auto's ASR 2 % > abl's 0 %
+    assert sorted(rows[0][6]) == ["abl", "ct"]  # other auto* entries are not singles; sig has no finished one
+    rows = mod.compare(cells, auto="auto-x")
+    assert [(r[2], r[5]) for r in rows] == [("abl", True)]  # 0.0 ≤ 0.0 and 90.5 ≥ 91 − 1
+    rows = mod.compare(cells, auto="auto-x", ca_points=0.1)
+    assert [r[5] for r in rows] == [False]
