@@ -73,7 +73,10 @@ class AutoSettings:
     # {detector key: {setting: value}}, on top of DETECTOR_DEFAULTS
     detector_opts: dict[str, Any] = field(default_factory=dict)
     # also flag the rank_flags × (number flagged) samples ranked most suspect by the mean rank (0 = off): at 1 %
-    # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's own flags of the same size
+    # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's own flags of the same size, and
+    # rank_flags=1 took their ASR from 62 / 98 % to 3.5 / 22 %; off by default because on BadNets 1 % it flagged
+    # clean shirts, which the unlearning step then took for the target and cost 2.2 CA points
+    # (docs/results/core.md, "auto with rank flags")
     rank_flags: float = 0.0
     dominant_share: float = 0.2  # unlearning looks at the suspects of labels holding at least this share of them
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
