@@ -7,7 +7,7 @@ import torch
 
 from cleantrain.attacks import make_attack
 from cleantrain.defenses.auto import AutoSettings, detect_union, rank01, suspect_fit, unlearn_residual
-from cleantrain.defenses.base import DefenseContext, defense_settings, run_detector
+from cleantrain.defenses.base import DefenseContext, Detection, defense_settings, run_detector
 from cleantrain.errors import UserError
 from cleantrain.train import Trainer, TrainSettings
 
@@ -31,6 +31,10 @@ def test_settings_are_checked():
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
         defense_settings("auto", {"detectors": ["nope"]})
+    with pytest.raises(UserError, match="target_from"):
+        defense_settings("auto", {"target_from": "nope"})
+    with pytest.raises(UserError, match="top_share"):
+        defense_settings("auto", {"top_share": 0})
     with pytest.raises(UserError, match="rank_flags"):
         defense_settings("auto", {"rank_flags": -1})
     with pytest.raises(UserError, match="unlearn_until"):
@@ -64,6 +68,24 @@ def test_union_flags_what_any_detector_flags(poisoned):
     want = union.flagged.clone()
     want[top] = True
     assert torch.equal(wider.flagged, want) and wider.info["detectors"]["rank_flags"] == int(want.sum()) - n
+
+
+def test_top_label_suspects_take_the_label_of_the_most_suspect():
+    from cleantrain.data.core import ImageData
+    from cleantrain.defenses.auto import dominant_suspects, top_label_suspects
+
+    # 20 samples; flagged: 3 of label 0 ranked highest, 8 of label 6 below them (a clean class CT leaves fitted)
+    y = torch.tensor([0, 0, 0] + [6] * 8 + [1] * 9)
+    data = ImageData(torch.zeros(20, 1, 4, 4, dtype=torch.uint8), y, tuple(str(i) for i in range(10)))
+    flagged = torch.tensor([True] * 11 + [False] * 9)
+    scores = torch.tensor([0.99, 0.98, 0.97] + [0.9 - 0.01 * i for i in range(8)] + [0.1] * 9)
+    det = Detection(scores, flagged, {})
+    assert top_label_suspects(data, det, 0.1).tolist() == [True] * 3 + [False] * 17
+    assert dominant_suspects(data, flagged, 0.2).tolist() == [True] * 11 + [False] * 9  # counts take label 6 too
+    assert dominant_suspects(data, flagged, 0.5).tolist() == [False] * 3 + [True] * 8 + [False] * 9
+    # the top share decides: the 60 % most suspect flagged hold more 6s than 0s
+    assert top_label_suspects(data, det, 0.6).tolist() == [False] * 3 + [True] * 8 + [False] * 9
+    assert not top_label_suspects(data, Detection(scores, torch.zeros(20, dtype=torch.bool), {}), 0.1).any()
 
 
 def test_rank_top_is_deterministic():
