@@ -124,3 +124,25 @@ def test_unlearning_runs_only_while_the_backdoor_survives(poisoned):
     info2 = unlearn_residual(model2, suspects, ctx2, AutoSettings(unlearn_when=0.5, unlearn_epochs=5))
     assert info2["suspect_fit_after_retrain"] == clean_fit and info2["unlearn_epochs_run"] == 0
     assert all(torch.equal(v, model2.state_dict()[k]) for k, v in state.items())
+
+
+def test_unlearning_guard_counts_from_where_unlearning_began(monkeypatch, poisoned):
+    """Each unlearning epoch is judged against the guard accuracy before the first one, not the one before it:
+    many small losses must not add up past the tolerance."""
+    import cleantrain.defenses.auto as auto_mod
+
+    pd, test = poisoned
+    guard = test.head(50, seed=1)
+    suspects = pd.data.subset(pd.is_poison)
+    ctx = context(pd.data, guard, epochs=1)
+    calls: list = []
+
+    def fake_unlearn(model, forget, ctx_, one, guard_, before=None):
+        calls.append(before)
+        return [], ({"guard_stopped_at": 1} if len(calls) == 3 else {})
+
+    monkeypatch.setattr(auto_mod, "unlearn", fake_unlearn)
+    monkeypatch.setattr(auto_mod, "suspect_fit", lambda c, m, d: 0.85 if d is ctx.clean or len(d) == 50 else 0.9)
+    info = unlearn_residual(ctx.new_model(), suspects, ctx, AutoSettings(unlearn_epochs=10))
+    assert calls == [0.85, 0.85, 0.85]  # the same starting accuracy every epoch
+    assert info["guard_stopped_at"] == 3 and info["unlearn_epochs_run"] == 2

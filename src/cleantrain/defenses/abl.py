@@ -381,8 +381,10 @@ def refit(model, train: ImageData, isolated: torch.Tensor, held: torch.Tensor, f
 
 
 def unlearn(model, forget: ImageData, ctx: DefenseContext, s: ABLSettings,
-            guard: ImageData | None = None) -> tuple[list[dict], dict]:
-    """Step 4: gradient ascent on `forget`. With a guard, one Trainer stage per epoch so it can stop."""
+            guard: ImageData | None = None, before: float | None = None) -> tuple[list[dict], dict]:
+    """Step 4: gradient ascent on `forget`. With a guard, one Trainer stage per epoch so it can stop: an epoch
+    after which the guard's accuracy is more than `guard_tolerance` below `before` (default: the accuracy at the
+    start of this call) is undone and ends it."""
     tr = ctx.trainer
     opt = tr.new_optimizer(model, s.unlearn_lr)
     args = dict(loss=UNLEARN_LOSSES[s.unlearn_loss], lr=s.unlearn_lr, schedule="constant", optimizer=opt, augment=False,
@@ -394,7 +396,7 @@ def unlearn(model, forget: ImageData, ctx: DefenseContext, s: ABLSettings,
     def guard_acc(m) -> float:
         return float((tr.predict(m, guard).cpu() == guard.y.cpu()).float().mean())
 
-    before = guard_acc(model)
+    before = guard_acc(model) if before is None else before
     history: list[dict] = []
     info: dict = {"unlearn_epochs_run": 0, "guard_acc_before": before}
     for e in range(s.unlearn_epochs):

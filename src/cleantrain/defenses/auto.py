@@ -25,9 +25,9 @@
    poison the detectors missed taught it, tied to the same trigger as the
    suspects), run ABL's unlearning (`abl.unlearn`: gradient ascent on the
    suspects, BatchNorm statistics kept) one epoch at a time until it fits no
-   more than `unlearn_until` of them, at most `unlearn_epochs` epochs; an
-   epoch that costs more than `guard_tolerance` accuracy on the reserved
-   clean set is undone and ends it. When the detectors caught the poison the
+   more than `unlearn_until` of them, at most `unlearn_epochs` epochs; the
+   epoch after which accuracy on the reserved clean set is more than
+   `guard_tolerance` below where unlearning began is undone and ends it. When the detectors caught the poison the
    retrained model does not fit the suspects and nothing is unlearned:
    unlearning a model that never learned the trigger only destroys it
    (measured: one ascent epoch at lr 0.005 took a clean model from 50 % to
@@ -91,7 +91,7 @@ class AutoSettings:
     unlearn_epochs: int = 20  # at most this many gradient-ascent epochs on the suspects (0 = off)
     unlearn_loss: Literal["ascent", "unlikelihood"] = "unlikelihood"  # abl's losses; −CE has no gradient on fitted poison
     unlearn_lr: float = 3e-5  # configs/abl-fashion-mnist.yaml's unlearning lr for "unlikelihood"
-    guard_tolerance: float = 0.01  # stop (and undo the epoch) when reserved-clean accuracy falls by more
+    guard_tolerance: float = 0.01  # stop (and undo the epoch) when reserved-clean accuracy has fallen by more, in all
     batch_size: int = 128
 
     def check(self) -> None:
@@ -194,11 +194,15 @@ def unlearn_residual(model, suspects: ImageData, ctx: DefenseContext, s: AutoSet
     one = ABLSettings(unlearn_epochs=1, unlearn_lr=s.unlearn_lr, unlearn_loss=s.unlearn_loss, batch_size=s.batch_size,
                       guard_tolerance=s.guard_tolerance)
     guard = ctx.clean.to(suspects.device) if ctx.clean is not None else None
+    # the tolerance bounds the accuracy lost over all epochs, not per epoch (per epoch, 20 epochs of 0.2 points
+    # each took WaNet 1 % from CA 91.3 to 88.1 with the guard never firing)
+    before = suspect_fit(ctx, model, guard) if guard is not None else None
     for e in range(s.unlearn_epochs):
-        _, u = unlearn(model, suspects, ctx, one, guard)
+        _, u = unlearn(model, suspects, ctx, one, guard, before)
         if "guard_stopped_at" in u:
             info["guard_stopped_at"] = e + 1
-            ctx.log(f"unlearning epoch {e + 1} cost more than {s.guard_tolerance:.0%} clean accuracy: undone, stopped")
+            ctx.log(f"unlearning epoch {e + 1} took clean accuracy more than {s.guard_tolerance:.0%} below its "
+                    "start: undone, stopped")
             break
         info["unlearn_epochs_run"] = e + 1
         fit = suspect_fit(ctx, model, suspects)
