@@ -26,7 +26,8 @@ def poisoned(small):
 
 
 def test_settings_are_checked():
-    assert defense_settings("auto", None).detectors == ("ct", "scan")
+    d = defense_settings("auto", None)
+    assert d.detectors == ("ct", "scan") and (d.rank_flags, d.widen_below, d.target_from) == (1.0, 0.5, "top")
     with pytest.raises(UserError, match="not a detector"):
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
@@ -35,6 +36,8 @@ def test_settings_are_checked():
         defense_settings("auto", {"target_from": "nope"})
     with pytest.raises(UserError, match="top_share"):
         defense_settings("auto", {"top_share": 0})
+    with pytest.raises(UserError, match="widen_below"):
+        defense_settings("auto", {"widen_below": 2})
     with pytest.raises(UserError, match="rank_flags"):
         defense_settings("auto", {"rank_flags": -1})
     with pytest.raises(UserError, match="unlearn_until"):
@@ -53,21 +56,26 @@ def test_rank01_orders_and_scales():
 def test_union_flags_what_any_detector_flags(poisoned):
     pd, _ = poisoned
     ctx = context(pd.data, epochs=1)
-    s = AutoSettings(detectors=("ss", "ac"))
+    s = AutoSettings(detectors=("ss", "ac"), rank_flags=0)
     union = detect_union(pd.data, ctx, s)
     # the same context: the shared normally trained model is reused, so each detector gives the same answer again
     each = [run_detector(k, pd.data, ctx, defense_settings(k, None)).flagged.cpu() for k in ("ss", "ac")]
     assert torch.equal(union.flagged, each[0] | each[1])
     assert union.info["n_flagged"] == int((each[0] | each[1]).sum())
     assert union.scores.shape == (len(pd),) and 0 <= float(union.scores.min()) <= float(union.scores.max()) <= 1
-    # rank_flags: the union plus the top-ranked samples, as many more as rank_flags × the union's size
-    wider = detect_union(pd.data, ctx, AutoSettings(detectors=("ss", "ac"), rank_flags=0.5))
-    assert torch.equal(wider.scores, union.scores)
+    # rank_flags: the union plus the top-ranked samples, as many more as rank_flags × the union's size, when no
+    # label holds widen_below of the union (1 = always, 0 = never)
     n = int(union.flagged.sum())
+    share = float(torch.bincount(pd.data.y.cpu()[union.flagged]).max()) / n
+    assert union.info["label_share"] == round(share, 4)
+    wider = detect_union(pd.data, ctx, AutoSettings(detectors=("ss", "ac"), rank_flags=0.5, widen_below=1.0))
+    assert torch.equal(wider.scores, union.scores)
     top = torch.argsort(union.scores, descending=True, stable=True)[: round(0.5 * n)]
     want = union.flagged.clone()
     want[top] = True
-    assert torch.equal(wider.flagged, want) and wider.info["detectors"]["rank_flags"] == int(want.sum()) - n
+    assert torch.equal(wider.flagged, want) and wider.info["rank_flags"] == int(want.sum()) - n
+    same = detect_union(pd.data, ctx, AutoSettings(detectors=("ss", "ac"), rank_flags=0.5, widen_below=share))
+    assert torch.equal(same.flagged, union.flagged) and "rank_flags" not in same.info  # share ≥ widen_below
 
 
 def test_top_label_suspects_take_the_label_of_the_most_suspect():
@@ -146,3 +154,23 @@ def test_unlearning_guard_counts_from_where_unlearning_began(monkeypatch, poison
     info = unlearn_residual(ctx.new_model(), suspects, ctx, AutoSettings(unlearn_epochs=10))
     assert calls == [0.85, 0.85, 0.85]  # the same starting accuracy every epoch
     assert info["guard_stopped_at"] == 3 and info["unlearn_epochs_run"] == 2
+
+
+def test_auto_end_to_end_with_cheap_detectors(poisoned):
+    """The registered defense: detect (SS here, for speed), retrain on the rest, the unlearning decision; the
+    flagged set and scores it returns are the detection's."""
+    from cleantrain.defenses.base import run_defense
+
+    pd, test = poisoned
+    ctx = context(pd.data, test.head(200, seed=2), epochs=2)
+    s = defense_settings("auto", {"detectors": ["ss"], "unlearn_epochs": 2})
+    res = run_defense("auto", pd.data, ctx, s)
+    det = detect_union(pd.data, ctx, s)  # cached: the same detection again
+    assert torch.equal(res.flagged.cpu(), det.flagged.cpu()) and torch.equal(res.scores, det.scores)
+    assert res.info["n_flagged"] == int(det.flagged.sum()) > 0
+    from cleantrain.defenses.auto import top_label_suspects
+
+    one_label = top_label_suspects(pd.data, det, s.top_share)  # the default rule: one label's flags are unlearned
+    assert res.info["n_dominant_suspects"] == int(one_label.sum()) > 0
+    assert len(pd.data.y.cpu()[one_label].unique()) == 1
+    assert res.info["unlearn_epochs_run"] <= 2 and "retrain" in [h["desc"] for h in res.history]

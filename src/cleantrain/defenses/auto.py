@@ -13,27 +13,31 @@
    10 % and flags 35 % of the clean samples on Blend 10 %. The score is the
    mean of each detector's score rank (0 = least, 1 = most suspect; ties
    share their mean rank), so AUROC stays meaningful.
+   When no label holds half of the flags (`widen_below`) the detectors
+   have not isolated an all-to-one attack's target, and the flags are
+   widened by as many again (`rank_flags`) of the samples the mean rank
+   scores most suspect: at 1 % on WaNet and adaptive_blend CT's flags were
+   mostly clean while its score ranked the poison well (TPR of the flags
+   18 / 36 %, of the rank's top of the same size 81 / 84 %).
 2. Retrain a fresh model normally on the samples no detector flagged
    (`retrain_kept`, as every detector's defense does).
-3. Unlearn what survived: take the suspects of the dominant labels (those
-   holding ≥ `dominant_share` of the suspects: an all-to-one backdoor's
-   target; the clean suspects spread over all labels; or, with
-   `target_from: top`, the one label most common among the most suspect
-   tenth of them); if the retrained
-   model still predicts the given label of more than `unlearn_when` of them
-   (a backdoor that the
-   poison the detectors missed taught it, tied to the same trigger as the
-   suspects), run ABL's unlearning (`abl.unlearn`: gradient ascent on the
-   suspects, BatchNorm statistics kept) one epoch at a time until it fits no
-   more than `unlearn_until` of them, at most `unlearn_epochs` epochs; the
-   epoch after which accuracy on the reserved clean set is more than
-   `guard_tolerance` below where unlearning began is undone and ends it. When the detectors caught the poison the
-   retrained model does not fit the suspects and nothing is unlearned:
-   unlearning a model that never learned the trigger only destroys it
-   (measured: one ascent epoch at lr 0.005 took a clean model from 50 % to
-   11 % accuracy on the guard set).
+3. Unlearn what survived: the suspects of one label, the most common among
+   the most suspect tenth of the flags (`target_from: top`; the older rule,
+   `flags`, takes every label holding ≥ `dominant_share` of the flags and
+   took clean classes in 10 of 19 grid runs); if the retrained model still
+   predicts the given label of more than `unlearn_when` of them (a backdoor
+   that poison the detectors missed taught it), run ABL's unlearning
+   (`abl.unlearn`: gradient ascent on the suspects, BatchNorm statistics
+   kept) one epoch at a time until it fits no more than `unlearn_until` of
+   them, at most `unlearn_epochs` epochs; the epoch after which accuracy on
+   the reserved clean set is more than `guard_tolerance` below where
+   unlearning began is undone and ends it. When the detectors caught the
+   poison the retrained model does not fit the suspects and nothing is
+   unlearned: unlearning a model that never learned the trigger only
+   destroys it (measured: one ascent epoch at lr 0.005 took a clean model
+   from 50 % to 11 % accuracy on the guard set).
 
-Why this composition, with the measured numbers: docs/results/bench.md.
+Why this composition, with the measured numbers: docs/results/core.md and docs/results/bench.md.
 """
 
 
@@ -74,17 +78,18 @@ class AutoSettings:
     detectors: tuple[str, ...] = ("ct", "scan")  # flag the union of these detectors' suspects (measured)
     # {detector key: {setting: value}}, on top of DETECTOR_DEFAULTS
     detector_opts: dict[str, Any] = field(default_factory=dict)
-    # also flag the rank_flags × (number flagged) samples ranked most suspect by the mean rank (0 = off): at 1 %
-    # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's own flags of the same size, and
-    # rank_flags=1 took their ASR from 62 / 98 % to 3.5 / 22 %; off by default because on BadNets 1 % it flagged
-    # clean shirts, which the unlearning step then took for the target and cost 2.2 CA points
-    # (docs/results/core.md, "auto with rank flags")
-    rank_flags: float = 0.0
+    # Widen the flags with the rank: also flag the rank_flags × (number flagged) samples the mean rank scores most
+    # suspect (0 = never), when no label holds `widen_below` of the flags (an all-to-one attack the detectors caught
+    # fills its flags with its target label: 79-92 % at 10 % in the core grid, 33-54 % at 1 %; 1 = always). At 1 %
+    # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's flags of the same size; with
+    # target_from="top" auto's ASR went from 62 / 98 % to 1.7 / 5.0 % (docs/results/core.md, "auto with rank flags")
+    rank_flags: float = 1.0
+    widen_below: float = 0.5
     dominant_share: float = 0.2  # unlearning looks at the suspects of labels holding at least this share of them
     # how the label(s) to unlearn are chosen: "flags" = those holding ≥ dominant_share of all flagged samples;
     # "top" = the one most common label among the top-ranked `top_share` of the flagged samples (on the 19 auto
     # runs of the core and auto-rank grids it is the target every time; "flags" also took a clean class in 10, and missed the target in 5)
-    target_from: Literal["flags", "top"] = "flags"
+    target_from: Literal["flags", "top"] = "top"
     top_share: float = 0.1
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
     unlearn_until: float = 0.05  # ... and stop once it fits no more than this share
@@ -108,6 +113,8 @@ class AutoSettings:
             raise UserError("auto: 'unlearn_epochs' ≥ 0, 'unlearn_lr' > 0, 'guard_tolerance' in [0, 1)")
         if not 0 <= self.rank_flags <= 10:
             raise UserError("auto: 'rank_flags' must lie in [0, 10]")
+        if not 0 <= self.widen_below <= 1:
+            raise UserError("auto: 'widen_below' must lie in [0, 1]")
         if not 0 < self.dominant_share <= 1 or not 0 < self.top_share <= 1:
             raise UserError("auto: 'dominant_share' and 'top_share' must lie in (0, 1]")
         if self.target_from not in ("flags", "top"):
@@ -138,12 +145,17 @@ def detect_union(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Dete
         info[key] = {"n_flagged": int(f.sum()), "seconds": round(time.perf_counter() - t0, 1), **det.info}
         ctx.log(f"{key}: {int(f.sum())} flagged")
     score = torch.stack(ranks).mean(0)
-    extra = rank_top(score, round(s.rank_flags * int(flagged.sum()))) & ~flagged
-    if s.rank_flags > 0:
-        info["rank_flags"] = int(extra.sum())
-        ctx.log(f"rank: {int(extra.sum())} more flagged")
-    flagged |= extra
-    return Detection(score, flagged, {"detectors": info, "n_flagged": int(flagged.sum())})
+    n = int(flagged.sum())
+    share = float(torch.bincount(train.y.cpu()[flagged], minlength=train.num_classes).max()) / n if n else 0.0
+    out = {"detectors": info, "label_share": round(share, 4)}
+    if s.rank_flags > 0 and share < s.widen_below:
+        extra = rank_top(score, round(s.rank_flags * n)) & ~flagged
+        out["rank_flags"] = int(extra.sum())
+        ctx.log(f"no label holds {s.widen_below:.0%} of the {n} flags (at most {share:.0%}): {int(extra.sum())} more "
+                "flagged by rank")
+        flagged = flagged | extra
+    out["n_flagged"] = int(flagged.sum())
+    return Detection(score, flagged, out)
 
 
 def rank_top(score: torch.Tensor, k: int) -> torch.Tensor:
