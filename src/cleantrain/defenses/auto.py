@@ -82,13 +82,15 @@ class AutoSettings:
     # suspect (0 = never), when no label holds `widen_below` of the flags (an all-to-one attack the detectors caught
     # fills its flags with its target label: 79-92 % at 10 % in the core grid, 33-54 % at 1 %; 1 = always). At 1 %
     # WaNet / adaptive_blend the rank's top held 4.5× / 2.3× more poison than CT's flags of the same size; with
-    # target_from="top" auto's ASR went from 62 / 98 % to 1.7 / 5.0 % (docs/results/core.md, "auto with rank flags")
+    # target_from="top" auto's ASR went from 62 / 98 % to 1.7 / 5.0 % (docs/results/core.md, "How auto got its
+    # current defaults")
     rank_flags: float = 1.0
     widen_below: float = 0.5
     dominant_share: float = 0.2  # unlearning looks at the suspects of labels holding at least this share of them
     # how the label(s) to unlearn are chosen: "flags" = those holding ≥ dominant_share of all flagged samples;
     # "top" = the one most common label among the top-ranked `top_share` of the flagged samples (on the 19 auto
-    # runs of the core and auto-rank grids it is the target every time; "flags" also took a clean class in 10, and missed the target in 5)
+    # runs of the core and auto-rank grids it is the target every time; "flags" also took a clean class in 10
+    # and missed the target in 5)
     target_from: Literal["flags", "top"] = "top"
     top_share: float = 0.1
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
