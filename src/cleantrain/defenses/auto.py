@@ -177,9 +177,8 @@ def top_label_suspects(train: ImageData, det: Detection, share: float) -> torch.
     n = int(flagged.sum())
     if n == 0:
         return flagged
-    idx = torch.nonzero(flagged).flatten()
-    order = torch.sort(det.scores.cpu()[idx], descending=True, stable=True).indices
-    top = idx[order[: max(1, round(share * n))]]
+    only_flagged = torch.where(flagged, det.scores.cpu().float(), float("-inf"))
+    top = rank_top(only_flagged, max(1, round(share * n)))
     label = int(torch.bincount(y[top], minlength=train.num_classes).argmax())
     return flagged & (y == label)
 
