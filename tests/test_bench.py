@@ -165,7 +165,7 @@ def test_grid_expands_per_rate_defenses_and_validates(tmp_path):
 
 def test_shipped_grids_are_valid():
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
-    for name, n in (("core.yaml", 84), ("smoke.yaml", 30), ("issues.yaml", 104), ("issues-part1.yaml", 14), ("issues-part2.yaml", 22),
+    for name, n in (("core.yaml", 84), ("smoke.yaml", 30), ("issues.yaml", 104), ("issues-part1.yaml", 14), ("issues-part2.yaml", 22), ("ct-tail.yaml", 22), ("ct-fast.yaml", 6),
                     ("none5.yaml", 10), ("auto-rank.yaml", 36)):
         grid = load_grid(root / name)
         assert len(grid.cells) == n

@@ -19,6 +19,7 @@ from cleantrain.defenses.ct import (
     likelihood_ratio_filter,
     mixed_batches,
     reserved_clean,
+    tail_filter,
 )
 from cleantrain.defenses.ss import spectral_scores
 from cleantrain.errors import UserError
@@ -135,14 +136,40 @@ def test_enrichment_filter_finds_a_target_the_pca_ratio_misses():
     assert not flagged0.any() and e0.max() < 2
 
 
+def test_tail_filter_flags_a_few_poison_below_the_clean_floor():
+    """BadNets-0.3 %-like case: the confused model fits clean samples with losses ≥ ~0.3 and a few poison
+    samples far below; they are too few to be a second Gaussian, but they fill the other classes' lowest tail."""
+    rng = np.random.default_rng(2)
+    k, per = 10, 2000
+    y = np.repeat(np.arange(k), per)
+    losses = np.exp(rng.normal(1.1, 0.35, size=k * per))  # clean: confused, never fitted confidently
+    pred = (y + 1 + rng.integers(0, k - 1, size=k * per)) % k
+    fitted = rng.random(k * per) < 0.05  # clean samples the confused model still fits (every class)
+    pred[fitted] = y[fitted]
+    losses[fitted] = np.exp(rng.normal(0.4, 0.2, size=int(fitted.sum())))
+    planted = np.zeros(k * per, dtype=bool)
+    planted[np.flatnonzero(y == 3)[:60]] = True  # 0.3 % of the data
+    losses[planted] = np.exp(rng.normal(-5.0, 1.0, size=60))
+    pred[planted] = 3
+    flagged, t = tail_filter(losses, y, pred, k)
+    assert flagged[planted].all() and not flagged[y != 3].any()
+    assert flagged.sum() == (pred[y == 3] == 3).sum()  # the class's suspects, as the paper's rule flags them
+    assert t[3] > 20 and np.delete(t, 3).max() < 5
+    # no backdoor: the classes share one loss distribution, nothing is flagged
+    flagged0, t0 = tail_filter(np.where(planted, losses[~planted][:60].mean(), losses), y, pred, k)
+    assert not flagged0.any() and t0.max() < 5
+
+
 def test_filter_rule_setting_is_checked():
-    for rule in ("paper", "enrichment", "either"):
+    for rule in ("paper", "enrichment", "tail", "either"):
         CTSettings(filter_rule=rule).check()
     assert CTSettings().filter_rule == "paper"  # the published rule stays the default
     with pytest.raises(UserError, match="filter_rule"):
         CTSettings(filter_rule="gmm").check()
     with pytest.raises(UserError, match="filter_enrichment"):
         CTSettings(filter_enrichment=1.0).check()
+    with pytest.raises(UserError, match="filter_tail_share"):
+        CTSettings(filter_tail_share=1.5).check()
 
 
 # ------------------------------------------------------------ CT end to end

@@ -31,7 +31,18 @@ Per round r = 0 … R−1 (R = len(distillation_ratios) + 1), D_0 = D:
      `filter_enrichment_any` (and ≥ 2 of them, as the paper's group size).
      It misses a target that the confused model also predicts for many
      other-class samples (a "sink" class), where "paper" can still succeed;
-   - "either": the union of the two (a class flagged by either rule);
+   - "tail" (ours, docs/results/ct.md "A filter for low rates"): the
+     confused model never fits a clean sample confidently (on full
+     Fashion-MNIST no clean sample's loss fell below 0.26), while a
+     backdoor's samples sit far below that floor. For class c, F_c = the
+     `filter_tail_share` quantile of the loss over samples labelled
+     otherwise, t_c = (share of class c with loss ≤ F_c) / filter_tail_share,
+     i.e. how many times more of class c lies in the other classes' lowest
+     tail than chance; the paper's decision with t_c in place of the ratio
+     (largest and above `filter_tail`, or above `filter_tail_any`).
+     It keeps working when the poison is too few to form a second Gaussian
+     in the class (BadNets 0.3 %: ratio 1.04, t_0 = 29.9);
+   - "either": the union of "paper" and "enrichment";
    - "all": no filter, every suspect is flagged (what `auto` uses: on full
      Fashion-MNIST WaNet 10 % the score's AUROC was 0.989 but the paper's
      filter flagged nothing; the suspects the filter exists to spare are
@@ -100,9 +111,12 @@ class CTSettings:
     filter_top_ratio: float = 1.5  # flag the class with the largest ratio if above this
     filter_any_ratio: float = 2.0  # flag every class whose ratio is above this
     # the final filter (module docstring, step 5); "paper" = methods.md's rule
-    filter_rule: Literal["paper", "enrichment", "either", "all"] = "paper"  # "all": no filter, flag every suspect
+    filter_rule: Literal["paper", "enrichment", "tail", "either", "all"] = "paper"  # "all": flag every suspect
     filter_enrichment: float = 5.0  # filter_rule=enrichment: flag the class with the largest e_c if above this
     filter_enrichment_any: float = 20.0  # filter_rule=enrichment: flag every class whose e_c is above this
+    filter_tail_share: float = 0.001  # filter_rule=tail: the other classes' loss quantile that sets F_c
+    filter_tail: float = 20.0  # filter_rule=tail: flag the class with the largest t_c if above this
+    filter_tail_any: float = 100.0  # filter_rule=tail: flag every class whose t_c is above this
     clean_from: Literal["reserved", "trusted"] = "reserved"  # where C comes from
     trusted_detector: str = "ss"  # clean_from=trusted: the detector whose lowest scores make C
     trusted_size: int = 2000  # clean_from=trusted: size of C
@@ -128,9 +142,11 @@ class CTSettings:
             raise UserError("ct: batch sizes, 'filter_dims' and 'trusted_size' must be ≥ 1")
         if self.base_epochs is not None and self.base_epochs < 1:
             raise UserError("ct: 'base_epochs' must be ≥ 1")
-        if self.filter_rule not in ("paper", "enrichment", "either", "all"):
-            raise UserError(f"ct: 'filter_rule' must be 'paper', 'enrichment', 'either' or 'all', "
+        if self.filter_rule not in ("paper", "enrichment", "tail", "either", "all"):
+            raise UserError(f"ct: 'filter_rule' must be 'paper', 'enrichment', 'tail', 'either' or 'all', "
                             f"got {self.filter_rule!r}")
+        if not 0 < self.filter_tail_share < 1 or min(self.filter_tail, self.filter_tail_any) <= 1:
+            raise UserError("ct: 'filter_tail_share' must lie in (0, 1), 'filter_tail' and 'filter_tail_any' be > 1")
         if min(self.filter_enrichment, self.filter_enrichment_any) <= 1:
             raise UserError("ct: 'filter_enrichment' and 'filter_enrichment_any' must be > 1")
         if self.trusted_detector == "ct":
@@ -259,6 +275,32 @@ def enrichment_filter(y: np.ndarray, pred: np.ndarray, k: int, top: float = 5.0,
     return (pred == y) & flagged_class[y], e
 
 
+def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.001) -> np.ndarray:
+    """t_c = (share of class c whose loss is ≤ the `share` quantile of the other classes' losses) / share."""
+    t = np.zeros(k)
+    for c in range(k):
+        mine, other = y == c, np.sort(losses[y != c])
+        if not mine.any() or not len(other):
+            continue
+        floor = other[max(1, int(share * len(other))) - 1]
+        t[c] = (losses[mine] <= floor).mean() / share
+    return t
+
+
+def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, share: float = 0.001,
+                top: float = 20.0, any_: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    """(flag mask: pred == y in a class whose t_c is the largest and > top, or > any_, t per class).
+
+    A class with fewer than 2 samples where pred == label is never flagged (as in `enrichment_filter`)."""
+    t = tail_enrichment(losses, y, k, share)
+    big_enough = np.bincount(y[pred == y], minlength=k) >= 2
+    flagged_class = (t > any_) & big_enough
+    best = int(np.argmax(t))
+    if t[best] > top and big_enough[best]:
+        flagged_class[best] = True
+    return (pred == y) & flagged_class[y], t
+
+
 # ----------------------------------------------------------- the clean set
 def reserved_clean(train: ImageData, ctx: DefenseContext, s: CTSettings) -> tuple[ImageData, str, bool]:
     """(C, where it came from, whether it is the weaker 'trusted' kind)."""
@@ -289,7 +331,7 @@ def _join(a: ImageData, b: ImageData) -> ImageData:
 
 
 FILTER_FIELDS = ("filter_dims", "filter_ridge", "filter_top_ratio", "filter_any_ratio", "filter_rule",
-                 "filter_enrichment", "filter_enrichment_any")
+                 "filter_enrichment", "filter_enrichment_any", "filter_tail_share", "filter_tail", "filter_tail_any")
 
 
 def confuse(train: ImageData, ctx: DefenseContext, s: CTSettings) -> tuple[dict[str, torch.Tensor], dict]:
@@ -351,8 +393,12 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
                                              s.filter_ridge, s.filter_top_ratio, s.filter_any_ratio)
     by_enrichment, enrichment = enrichment_filter(y_np, pred.numpy(), k, s.filter_enrichment,
                                                   s.filter_enrichment_any)
+    by_tail, tail = tail_filter(losses.numpy(), y_np, pred.numpy(), k, s.filter_tail_share, s.filter_tail,
+                                s.filter_tail_any)
     if s.filter_rule == "enrichment":
         flagged = by_enrichment
+    elif s.filter_rule == "tail":
+        flagged = by_tail
     elif s.filter_rule == "either":
         flagged = flagged | by_enrichment
     elif s.filter_rule == "all":
@@ -361,8 +407,10 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
     info.update(suspects_before_filter=int(suspects.sum()), filter_rule=s.filter_rule,
                 class_ratio=[round(float(v), 4) for v in ratio],
                 class_enrichment=[round(float(v), 3) for v in enrichment],
+                class_tail=[round(float(v), 2) for v in tail],
                 flagged_classes=[c for c in range(k) if flagged[y_np == c].any()],
                 seconds=round(info["rounds"][-1]["seconds"] + time.perf_counter() - t0, 1))
     ctx.log(f"{int(suspects.sum())} suspects, {int(flagged.sum())} flagged after the filter; "
-            f"filter {s.filter_rule}; class ratios {info['class_ratio']}, enrichment {info['class_enrichment']}")
+            f"filter {s.filter_rule}; class ratios {info['class_ratio']}, enrichment {info['class_enrichment']}, "
+            f"tail {info['class_tail']}")
     return Detection(-losses, torch.from_numpy(np.asarray(flagged)), info)
