@@ -194,6 +194,14 @@ def test_ct_finds_badnets_at_one_percent(badnets_1pct):
     # process (same seeds, same data); the FPR bound above holds either way
     assert 0 in det.info["flagged_classes"] and not det.info["weaker_clean_set"]
     assert len(det.info["rounds"]) == 6
+    # the 'tail' filter on the same confusion (cached, not recomputed) flags the target class alone
+    pretrain_runs = sum(1 for h in ctx.trainer.history if str(h.get("desc", "")).startswith("ct pretrain"))
+    assert pretrain_runs > 0
+    tail = run_detector("ct", pd.data, ctx, defense_settings("ct", {**TINY_CT, "filter_rule": "tail"}))
+    assert sum(1 for h in ctx.trainer.history if str(h.get("desc", "")).startswith("ct pretrain")) == pretrain_runs
+    assert tail.info["flagged_classes"] == [0] and int(np.argmax(tail.info["class_tail"])) == 0
+    m = detection(tail.flagged, tail.scores, pd)
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02, m
 
 
 def test_ct_without_clean_set_is_a_clear_error(badnets_1pct):
