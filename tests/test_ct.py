@@ -11,6 +11,7 @@ from cleantrain.data.core import POISON
 from cleantrain.defenses.base import DefenseContext, defense_settings, run_detector
 from cleantrain.defenses.ct import (
     CTSettings,
+    confusion_key,
     class_weights,
     confusion_labels,
     distill,
@@ -158,6 +159,13 @@ def test_tail_filter_flags_a_few_poison_below_the_clean_floor():
     # no backdoor: the classes share one loss distribution, nothing is flagged
     flagged0, t0 = tail_filter(np.where(planted, losses[~planted][:60].mean(), losses), y, pred, k)
     assert not flagged0.any() and t0.max() < 5
+
+
+def test_filter_settings_do_not_change_the_confusion_key():
+    base = confusion_key(CTSettings())
+    assert confusion_key(CTSettings(filter_rule="tail", filter_tail=50.0, filter_dims=3)) == base
+    assert confusion_key(CTSettings(confusion_iters=(1, 1, 1, 1, 1, 1))) != base
+    assert not any(k.startswith("filter_tail") for k in base)  # caches written before 'tail' stay valid
 
 
 def test_filter_rule_setting_is_checked():

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator, Literal
 
 import numpy as np
@@ -332,6 +332,15 @@ def _join(a: ImageData, b: ImageData) -> ImageData:
 
 FILTER_FIELDS = ("filter_dims", "filter_ridge", "filter_top_ratio", "filter_any_ratio", "filter_rule",
                  "filter_enrichment", "filter_enrichment_any", "filter_tail_share", "filter_tail", "filter_tail_any")
+# the filter fields that confusion caches written before 'tail' existed hold (at their defaults) in their key
+_FILTER_FIELDS_IN_KEY = FILTER_FIELDS[:7]
+
+
+def confusion_key(s: CTSettings) -> dict:
+    """The settings that determine steps 1–4: every setting but the filter's, so that detections differing only
+    in the filter share one confusion (a setting added to the filter must not change this key)."""
+    unfiltered = replace(s, **{f: getattr(CTSettings(), f) for f in FILTER_FIELDS})
+    return {k: v for k, v in asdict(unfiltered).items() if k not in FILTER_FIELDS or k in _FILTER_FIELDS_IN_KEY}
 
 
 def confuse(train: ImageData, ctx: DefenseContext, s: CTSettings) -> tuple[dict[str, torch.Tensor], dict]:
@@ -383,8 +392,7 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
     t0 = time.perf_counter()
     train = train.to(ctx.trainer.device)
     # the confusion does not depend on the final filter: computed once for every filter rule
-    unfiltered = replace(s, **{f: getattr(CTSettings(), f) for f in FILTER_FIELDS})
-    tensors, info = cached_tensors("confusion", "ct", train, ctx, unfiltered, lambda: confuse(train, ctx, s))
+    tensors, info = cached_tensors("confusion", "ct", train, ctx, confusion_key(s), lambda: confuse(train, ctx, s))
     losses, pred = tensors["losses"], tensors["pred"]
     feats = tensors["features"].numpy()
     y_np = train.y.cpu().numpy()
