@@ -165,11 +165,26 @@ def test_grid_expands_per_rate_defenses_and_validates(tmp_path):
 
 def test_shipped_grids_are_valid():
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
-    for name, n in (("core.yaml", 84), ("smoke.yaml", 30), ("issues.yaml", 104), ("issues-part1.yaml", 14), ("issues-part2.yaml", 22), ("ct-tail.yaml", 22), ("ct-fast.yaml", 6),
-                    ("none5.yaml", 10), ("auto-rank.yaml", 36)):
+    for name, n in (("core.yaml", 84), ("smoke.yaml", 30), ("issues.yaml", 104), ("issues-part1.yaml", 14),
+                    ("issues-part2.yaml", 22), ("ct-tail.yaml", 22), ("ct-fast.yaml", 6), ("none5.yaml", 10),
+                    ("auto-rank.yaml", 36)):
         grid = load_grid(root / name)
         assert len(grid.cells) == n
         validate(grid)  # every attack, defense, preset and setting exists
+    assert {p.name for p in root.glob("*.yaml")} == {"core.yaml", "smoke.yaml", "issues.yaml", "issues-part1.yaml",
+                                                     "issues-part2.yaml", "ct-tail.yaml", "ct-fast.yaml",
+                                                     "none5.yaml", "auto-rank.yaml"}  # a new grid gets a count here
+
+
+def test_shipped_configs_are_valid():
+    from cleantrain.api import make_config
+    from cleantrain.defenses.base import defense_settings
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = make_config(path)
+        defense_settings(cfg.defense, cfg.defense_opts)  # every key and value checked
 
 
 def test_auto_check_reads_tables_as_one(tmp_path):
