@@ -267,12 +267,18 @@ def enrichment_filter(y: np.ndarray, pred: np.ndarray, k: int, top: float = 5.0,
 
     A class with fewer than 2 samples where pred == label is never flagged."""
     e = fit_enrichment(y, pred, k)
+    return flag_classes(e, y, pred, k, top, any_), e
+
+
+def flag_classes(stat: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, top: float, any_: float) -> np.ndarray:
+    """The paper's decision on a per-class statistic: flag the pred == y samples of the class with the largest
+    value if it is above `top`, and of every class above `any_`; a class with < 2 such samples is never flagged."""
     big_enough = np.bincount(y[pred == y], minlength=k) >= 2
-    flagged_class = (e > any_) & big_enough
-    best = int(np.argmax(e))
-    if e[best] > top and big_enough[best]:
+    flagged_class = (stat > any_) & big_enough
+    best = int(np.argmax(stat))
+    if stat[best] > top and big_enough[best]:
         flagged_class[best] = True
-    return (pred == y) & flagged_class[y], e
+    return (pred == y) & flagged_class[y]
 
 
 def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.001) -> np.ndarray:
@@ -291,14 +297,9 @@ def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, sha
                 top: float = 20.0, any_: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
     """(flag mask: pred == y in a class whose t_c is the largest and > top, or > any_, t per class).
 
-    A class with fewer than 2 samples where pred == label is never flagged (as in `enrichment_filter`)."""
+    A class with fewer than 2 samples where pred == label is never flagged."""
     t = tail_enrichment(losses, y, k, share)
-    big_enough = np.bincount(y[pred == y], minlength=k) >= 2
-    flagged_class = (t > any_) & big_enough
-    best = int(np.argmax(t))
-    if t[best] > top and big_enough[best]:
-        flagged_class[best] = True
-    return (pred == y) & flagged_class[y], t
+    return flag_classes(t, y, pred, k, top, any_), t
 
 
 # ----------------------------------------------------------- the clean set
