@@ -41,7 +41,7 @@ Per round r = 0 … R−1 (R = len(distillation_ratios) + 1), D_0 = D:
      tail than chance; the paper's decision with t_c in place of the ratio
      (largest and above `filter_tail`, or above `filter_tail_any`).
      It keeps working when the poison is too few to form a second Gaussian
-     in the class (BadNets 0.3 %: ratio 1.04, t_0 = 29.9);
+     in the class (BadNets 0.3 %: ratio 1.04, t_0 = 98);
    - "either": the union of "paper" and "enrichment";
    - "all": no filter, every suspect is flagged (what `auto` uses: on full
      Fashion-MNIST WaNet 10 % the score's AUROC was 0.989 but the paper's
@@ -114,8 +114,8 @@ class CTSettings:
     filter_rule: Literal["paper", "enrichment", "tail", "either", "all"] = "paper"  # "all": flag every suspect
     filter_enrichment: float = 5.0  # filter_rule=enrichment: flag the class with the largest e_c if above this
     filter_enrichment_any: float = 20.0  # filter_rule=enrichment: flag every class whose e_c is above this
-    filter_tail_share: float = 0.001  # filter_rule=tail: the other classes' loss quantile that sets F_c
-    filter_tail: float = 20.0  # filter_rule=tail: flag the class with the largest t_c if above this
+    filter_tail_share: float = 0.0003  # filter_rule=tail: the other classes' loss quantile that sets F_c
+    filter_tail: float = 40.0  # filter_rule=tail: flag the class with the largest t_c if above this
     filter_tail_any: float = 100.0  # filter_rule=tail: flag every class whose t_c is above this
     clean_from: Literal["reserved", "trusted"] = "reserved"  # where C comes from
     trusted_detector: str = "ss"  # clean_from=trusted: the detector whose lowest scores make C
@@ -281,7 +281,7 @@ def flag_classes(stat: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, top:
     return (pred == y) & flagged_class[y]
 
 
-def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.001) -> np.ndarray:
+def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.0003) -> np.ndarray:
     """t_c = (share of class c whose loss is ≤ the `share` quantile of the other classes' losses) / share."""
     t = np.zeros(k)
     for c in range(k):
@@ -293,8 +293,8 @@ def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.
     return t
 
 
-def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, share: float = 0.001,
-                top: float = 20.0, any_: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, share: float = 0.0003,
+                top: float = 40.0, any_: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
     """(flag mask: pred == y in a class whose t_c is the largest and > top, or > any_, t per class).
 
     A class with fewer than 2 samples where pred == label is never flagged."""
