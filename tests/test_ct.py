@@ -11,8 +11,8 @@ from cleantrain.data.core import POISON
 from cleantrain.defenses.base import DefenseContext, defense_settings, run_detector
 from cleantrain.defenses.ct import (
     CTSettings,
-    confusion_key,
     class_weights,
+    confusion_key,
     confusion_labels,
     distill,
     enrichment_filter,

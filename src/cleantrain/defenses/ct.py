@@ -33,7 +33,7 @@ Per round r = 0 … R−1 (R = len(distillation_ratios) + 1), D_0 = D:
      other-class samples (a "sink" class), where "paper" can still succeed;
    - "tail" (ours, docs/results/ct.md "A filter for low rates"): the
      confused model never fits a clean sample confidently (on full
-     Fashion-MNIST no clean sample's loss fell below 0.26), while a
+     Fashion-MNIST no clean sample's loss fell below 0.2), while a
      backdoor's samples sit far below that floor. For class c, F_c = the
      `filter_tail_share` quantile of the loss over samples labelled
      otherwise, t_c = (share of class c with loss ≤ F_c) / filter_tail_share,
