@@ -331,10 +331,10 @@ def _join(a: ImageData, b: ImageData) -> ImageData:
     return replace(a, x=torch.cat([a.x, b.x.to(a.device)]), y=torch.cat([a.y, b.y.to(a.device)]))
 
 
-FILTER_FIELDS = ("filter_dims", "filter_ridge", "filter_top_ratio", "filter_any_ratio", "filter_rule",
-                 "filter_enrichment", "filter_enrichment_any", "filter_tail_share", "filter_tail", "filter_tail_any")
 # the filter fields that confusion caches written before 'tail' existed hold (at their defaults) in their key
-_FILTER_FIELDS_IN_KEY = FILTER_FIELDS[:7]
+_FILTER_FIELDS_IN_KEY = ("filter_dims", "filter_ridge", "filter_top_ratio", "filter_any_ratio", "filter_rule",
+                         "filter_enrichment", "filter_enrichment_any")
+FILTER_FIELDS = _FILTER_FIELDS_IN_KEY + ("filter_tail_share", "filter_tail", "filter_tail_any")
 
 
 def confusion_key(s: CTSettings) -> dict:
