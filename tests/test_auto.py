@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cleantrain.attacks import make_attack
-from cleantrain.defenses.auto import AutoSettings, detect_union, rank01, suspect_fit, unlearn_residual
+from cleantrain.defenses.auto import AutoSettings, detect_auto, detect_union, rank01, suspect_fit, unlearn_residual
 from cleantrain.defenses.base import DefenseContext, Detection, defense_settings, run_detector
 from cleantrain.errors import UserError
 from cleantrain.train import Trainer, TrainSettings
@@ -28,6 +28,7 @@ def poisoned(small):
 def test_settings_are_checked():
     d = defense_settings("auto", None)
     assert d.detectors == ("ct", "scan") and (d.rank_flags, d.widen_below, d.target_from) == (1.0, 0.5, "top")
+    assert (d.remove, d.target_purity, d.target_widen) == ("target", 0.5, 1.0)
     with pytest.raises(UserError, match="not a detector"):
         defense_settings("auto", {"detectors": ["vanilla"]})
     with pytest.raises(UserError, match="unknown defense"):
@@ -36,6 +37,10 @@ def test_settings_are_checked():
         defense_settings("auto", {"target_from": "nope"})
     with pytest.raises(UserError, match="top_share"):
         defense_settings("auto", {"top_share": 0})
+    with pytest.raises(UserError, match="'remove'"):
+        defense_settings("auto", {"remove": "some"})
+    with pytest.raises(UserError, match="target_purity"):
+        defense_settings("auto", {"target_purity": 0})
     with pytest.raises(UserError, match="widen_below"):
         defense_settings("auto", {"widen_below": 2})
     with pytest.raises(UserError, match="rank_flags"):
@@ -78,22 +83,53 @@ def test_union_flags_what_any_detector_flags(poisoned):
     assert torch.equal(same.flagged, union.flagged) and "rank_flags" not in same.info  # share ≥ widen_below
 
 
-def test_top_label_suspects_take_the_label_of_the_most_suspect():
+def label_case():
     from cleantrain.data.core import ImageData
-    from cleantrain.defenses.auto import dominant_suspects, top_label_suspects
 
-    # 20 samples; flagged: 3 of label 0 ranked highest, 8 of label 6 below them (a clean class CT leaves fitted)
-    y = torch.tensor([0, 0, 0] + [6] * 8 + [1] * 9)
+    # 20 samples; flagged: 3 of label 0 ranked highest, 8 of label 6 below them (a clean class CT leaves fitted);
+    # unflagged: 4 more of label 0 (two ranked above the 6s), 5 of label 1
+    y = torch.tensor([0, 0, 0] + [6] * 8 + [0] * 4 + [1] * 5)
     data = ImageData(torch.zeros(20, 1, 4, 4, dtype=torch.uint8), y, tuple(str(i) for i in range(10)))
     flagged = torch.tensor([True] * 11 + [False] * 9)
-    scores = torch.tensor([0.99, 0.98, 0.97] + [0.9 - 0.01 * i for i in range(8)] + [0.1] * 9)
-    det = Detection(scores, flagged, {})
-    assert top_label_suspects(data, det, 0.1).tolist() == [True] * 3 + [False] * 17
+    scores = torch.tensor([0.99, 0.98, 0.97] + [0.9 - 0.01 * i for i in range(8)] + [0.95, 0.94, 0.2, 0.1]
+                          + [0.1] * 5)
+    return data, Detection(scores, flagged, {}), flagged
+
+
+def test_target_label_is_the_label_of_the_most_suspect():
+    from cleantrain.defenses.auto import dominant_suspects, target_label
+
+    data, det, flagged = label_case()
+    assert target_label(data, det, 0.1) == (0, 1.0)  # the top tenth: one sample, label 0
+    assert target_label(data, det, 0.6) == (6, 4 / 7)  # the top 60 %: 3 zeros, 4 sixes
     assert dominant_suspects(data, flagged, 0.2).tolist() == [True] * 11 + [False] * 9  # counts take label 6 too
     assert dominant_suspects(data, flagged, 0.5).tolist() == [False] * 3 + [True] * 8 + [False] * 9
-    # the top share decides: the 60 % most suspect flagged hold more 6s than 0s
-    assert top_label_suspects(data, det, 0.6).tolist() == [False] * 3 + [True] * 8 + [False] * 9
-    assert not top_label_suspects(data, Detection(scores, torch.zeros(20, dtype=torch.bool), {}), 0.1).any()
+    assert target_label(data, Detection(det.scores, torch.zeros(20, dtype=torch.bool), {}), 0.1) == (-1, 0.0)
+
+
+def test_auto_removes_the_target_labels_flags_widened_by_rank(monkeypatch):
+    import cleantrain.defenses.auto as auto_mod
+
+    data, det, flagged = label_case()
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    ctx = context(data)
+    # the three 0s flagged, united with label 0's three top-ranked samples: the same three, nothing added
+    got = auto_mod.detect_auto(data, ctx, AutoSettings())
+    assert got.flagged.tolist() == [True] * 3 + [False] * 17
+    assert got.info == {"target_label": 0, "target_purity": 1.0, "kept_other_labels": 8, "target_widened": 0,
+                        "n_flagged": 3}
+    assert torch.equal(got.scores, det.scores)
+    # twice as many: label 0's top six, i.e. the two unflagged 0s ranked above the 6s and the next one
+    got = auto_mod.detect_auto(data, ctx, AutoSettings(target_widen=2))
+    assert got.flagged.tolist() == [True] * 3 + [False] * 8 + [True] * 3 + [False] * 6
+    assert got.info["target_widened"] == 3 and got.info["n_flagged"] == 6
+    plain = auto_mod.detect_auto(data, ctx, AutoSettings(target_widen=0))
+    assert plain.flagged.tolist() == [True] * 3 + [False] * 17
+    # no clear target (the top 60 % is 4/7 sixes, under a purity of 0.6), or remove: all -> every flag is removed
+    for s in (AutoSettings(top_share=0.6, target_purity=0.6), AutoSettings(remove="all")):
+        same = auto_mod.detect_auto(data, ctx, s)
+        assert torch.equal(same.flagged, flagged) and "kept_other_labels" not in same.info
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(top_share=0.6)).info["target_label"] == 6
 
 
 def test_rank_top_is_deterministic():
@@ -165,12 +201,11 @@ def test_auto_end_to_end_with_cheap_detectors(poisoned):
     ctx = context(pd.data, test.head(200, seed=2), epochs=2)
     s = defense_settings("auto", {"detectors": ["ss"], "unlearn_epochs": 2})
     res = run_defense("auto", pd.data, ctx, s)
-    det = detect_union(pd.data, ctx, s)  # cached: the same detection again
+    det = detect_auto(pd.data, ctx, s)  # cached: the same detection again
     assert torch.equal(res.flagged.cpu(), det.flagged.cpu()) and torch.equal(res.scores, det.scores)
     assert res.info["n_flagged"] == int(det.flagged.sum()) > 0
-    from cleantrain.defenses.auto import top_label_suspects
-
-    one_label = top_label_suspects(pd.data, det, s.top_share)  # the default rule: one label's flags are unlearned
-    assert res.info["n_dominant_suspects"] == int(one_label.sum()) > 0
-    assert len(pd.data.y.cpu()[one_label].unique()) == 1
+    # the default rule: only the target label's flags are removed, and they are what is unlearned
+    assert len(pd.data.y.cpu()[det.flagged.cpu()].unique()) == 1
+    assert res.info["n_dominant_suspects"] == int(det.flagged.sum())
+    assert res.info["target_label"] == 0 and res.info["target_purity"] >= 0.5
     assert res.info["unlearn_epochs_run"] <= 2 and "retrain" in [h["desc"] for h in res.history]
