@@ -11,14 +11,18 @@ singles).
 "Best single defense" = the finished non-auto defense (vanilla excluded) with the lowest ASR, ties broken by the
 higher CA — read two ways, both printed: "any" takes every defense, "usable" only those whose CA is within
 `--usable` points (default 2) of vanilla's in the same cell (a defense that wipes out the model is not a
-usable best; when none is usable, that cell is compared with "any"). Cells where auto or every single defense is unfinished are listed as not comparable. The numbers come
-from the table, which `cleantrain report` builds from each run's result.json.
+usable best; when none is usable, that cell is compared with "any"). Cells where auto or every single defense is
+unfinished are not comparable. With `--floor` (the JSON `benchmarks/clean_floor.py` writes) both readings are
+printed again with each attack's clean floor: an ASR under what a model that never saw poison gives counts as
+that floor (auto is then as good when its ASR ≤ max(best's ASR, floor)). The numbers come from the table, which
+`cleantrain report` builds from each run's result.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 from collections import defaultdict
 
 
@@ -34,7 +38,8 @@ def load(*paths: str) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
     return cells
 
 
-def compare(cells, auto: str = "auto", ca_points: float = 1.0, usable: float | None = None):
+def compare(cells, auto: str = "auto", ca_points: float = 1.0, usable: float | None = None,
+            floors: dict[str, float] | None = None):
     rows = []
     for (attack, rate), d in cells.items():
         singles = {k: v for k, v in d.items() if k not in (auto, "vanilla") and not k.startswith("auto")}
@@ -45,7 +50,8 @@ def compare(cells, auto: str = "auto", ca_points: float = 1.0, usable: float | N
             continue
         best = min(singles, key=lambda k: (singles[k]["asr"], -singles[k]["ca"]))
         a, b = d[auto], singles[best]
-        ok = a["asr"] <= b["asr"] + 1e-12 and a["ca"] >= b["ca"] - ca_points / 100
+        bar = max(b["asr"], (floors or {}).get(attack, 0.0))
+        ok = a["asr"] <= bar + 1e-12 and a["ca"] >= b["ca"] - ca_points / 100
         rows.append((attack, rate, best, b, a, ok, sorted(singles)))
     return rows
 
@@ -56,11 +62,17 @@ def main() -> None:
     ap.add_argument("--auto", default="auto", help="the defense entry to judge (default auto)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--usable", type=float, default=2.0, help="CA points below vanilla a 'usable' defense may lose")
+    ap.add_argument("--floor", help="clean-floor JSON (benchmarks/clean_floor.py): also judge with ASR floors")
     args = ap.parse_args()
     cells = load(*args.table)
-    for label, usable in (("any", None), (f"usable (CA within {args.usable:g} points of vanilla)", args.usable)):
-        print(f"\n### best single defense: {label}\n")
-        report(compare(cells, auto=args.auto, usable=usable), args.markdown)
+    floors = None
+    if args.floor:
+        with open(args.floor) as f:
+            floors = {k: float(v["asr"]) for k, v in json.load(f)["floors"].items()}
+    for fl in (None, floors) if floors else (None,):
+        for label, usable in (("any", None), (f"usable (CA within {args.usable:g} points of vanilla)", args.usable)):
+            print(f"\n### best single defense: {label}{', ASR floored at the clean model' if fl else ''}\n")
+            report(compare(cells, auto=args.auto, usable=usable, floors=fl), args.markdown)
 
 
 def report(rows, markdown: bool) -> None:

@@ -167,7 +167,7 @@ def test_shipped_grids_are_valid():
     root = Path(__file__).resolve().parent.parent / "benchmarks" / "grids"
     counts = {"core.yaml": 84, "smoke.yaml": 30, "issues.yaml": 104, "issues-part1.yaml": 14, "issues-part2.yaml": 22,
               "ct-tail.yaml": 22, "ct-fast.yaml": 6, "none5.yaml": 10, "auto-rank.yaml": 36, "abl-wrn.yaml": 2,
-              "auto-target.yaml": 24, "auto-heldout.yaml": 22}
+              "auto-target.yaml": 24, "auto-heldout.yaml": 23}
     assert {p.name for p in root.glob("*.yaml")} == set(counts)  # a new grid gets a count here
     for name, n in counts.items():
         grid = load_grid(root / name)
@@ -207,3 +207,6 @@ def test_auto_check_reads_tables_as_one(tmp_path):
     assert [(r[2], r[5]) for r in rows] == [("abl", True)]  # 0.0 ≤ 0.0 and 90.5 ≥ 91 − 1
     rows = mod.compare(cells, auto="auto-x", ca_points=0.1)
     assert [r[5] for r in rows] == [False]
+    # a clean floor of 3 %: abl's 0 % counts as 3 %, and auto's 2 % is as low; a 1 % floor is not enough
+    assert [r[5] for r in mod.compare(cells, floors={"badnets": 0.03})] == [True]
+    assert [r[5] for r in mod.compare(cells, floors={"badnets": 0.01, "sig": 0.5})] == [False]

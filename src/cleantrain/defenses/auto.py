@@ -30,7 +30,11 @@
    2.2-8.0 % to 0.0-1.9 % at the same recall, and the widening raised it
    at 1 % (WaNet 82 → 94 %, adaptive_blend 85 → 96 %). When no label
    dominates the tenth (an all-to-all attack, or nothing found) every flag
-   is removed (`remove: all` always does).
+   is removed (`remove: all` always does). Not a test for all-to-all
+   attacks: on BadNets all-to-all 10 % the most suspect tenth was one
+   label's poison (purity 0.99), auto removed 9 % of the poison and ASR
+   stayed 79 % (`remove: all`: half the poison removed, ASR 60 %);
+   docs/results/core.md.
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived: the removed suspects of the target label

@@ -1,0 +1,46 @@
+"""The clean floor: each attack's ASR on a model that never saw poison.
+
+A model trained on clean Fashion-MNIST with the core grid's recipe (small-cnn, 6 epochs, seed 0) still calls
+some triggered test images of other classes the target (a shirt with a patch looks like a T-shirt). A defense
+cannot be credited for an ASR below this floor, and one that goes under it has taught the model to avoid the
+target for the trigger (ABL's unlearning does), which is not less backdoor. `benchmarks/auto_check.py --floor`
+reads the JSON this writes.
+
+    CLEANTRAIN_CACHE_DIR=bench/core/cache OMP_NUM_THREADS=1 python benchmarks/clean_floor.py
+
+The run goes to bench/clean-floor/run (kept, so a second call only evaluates); the floors to
+docs/results/clean_floor.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cleantrain import api
+from cleantrain.store.artifacts import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = ("badnets", "wanet", "sig", "adaptive_patch", "blend", "adaptive_blend", "trojan", "tact")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=6, help="the recipe's epochs (core grid: 6)")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "clean_floor.json"))
+    args = ap.parse_args()
+    run = ROOT / "bench" / "clean-floor" / "run"
+    train = {"train.epochs": args.epochs, "train.threads": 1}
+    if not (run / "result.json").is_file():
+        api.train(api.make_config(overrides={"attack": None, "defense": "vanilla", **train}), run, overwrite=True)
+    floors = {}
+    for attack in ATTACKS:  # the rate only poisons a training set that evaluation does not use
+        r = api.evaluate(run / "model.safetensors", api.make_config(overrides={"attack": attack, "rate": 0.01, **train}))
+        floors[attack] = {"clean_acc": round(r["clean_acc"], 4), "asr": round(r["asr"], 4)}
+        print(f"{attack:16s} CA {r['clean_acc']:.3f}  ASR {r['asr']:.4f}", flush=True)
+    write_json(Path(args.out), {"recipe": f"fashion-mnist, small-cnn, {args.epochs} epochs, seed 0, clean training set",
+                                "test": "the full test split", "code": api.code_version(), "floors": floors})
+
+
+if __name__ == "__main__":
+    main()
