@@ -35,7 +35,8 @@ def main() -> None:
         api.train(api.make_config(overrides={"attack": None, "defense": "vanilla", **train}), run, overwrite=True)
     floors = {}
     for attack in ATTACKS:  # the rate only poisons a training set that evaluation does not use
-        r = api.evaluate(run / "model.safetensors", api.make_config(overrides={"attack": attack, "rate": 0.01, **train}))
+        cfg = api.make_config(overrides={"attack": attack, "rate": 0.01, **train})
+        r = api.evaluate(run / "model.safetensors", cfg)
         floors[attack] = {"clean_acc": round(r["clean_acc"], 4), "asr": round(r["asr"], 4)}
         print(f"{attack:16s} CA {r['clean_acc']:.3f}  ASR {r['asr']:.4f}", flush=True)
     write_json(Path(args.out), {"recipe": f"fashion-mnist, small-cnn, {args.epochs} epochs, seed 0, clean training set",

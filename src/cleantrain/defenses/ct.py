@@ -261,8 +261,8 @@ def fit_enrichment(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return (fit / np.maximum(n_c, 1.0)) / ((into + 1.0) / rest)
 
 
-def enrichment_filter(y: np.ndarray, pred: np.ndarray, k: int, top: float = 5.0, any_: float = 20.0
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def enrichment_filter(y: np.ndarray, pred: np.ndarray, k: int, top: float = CTSettings.filter_enrichment,
+                      any_: float = CTSettings.filter_enrichment_any) -> tuple[np.ndarray, np.ndarray]:
     """(flag mask: pred == y in a class whose e_c is the largest and > top, or > any_, e per class).
 
     A class with fewer than 2 samples where pred == label is never flagged."""
@@ -281,7 +281,8 @@ def flag_classes(stat: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, top:
     return (pred == y) & flagged_class[y]
 
 
-def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.0003) -> np.ndarray:
+def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int,
+                    share: float = CTSettings.filter_tail_share) -> np.ndarray:
     """t_c = (share of class c whose loss is ≤ the `share` quantile of the other classes' losses) / share."""
     t = np.zeros(k)
     for c in range(k):
@@ -293,8 +294,9 @@ def tail_enrichment(losses: np.ndarray, y: np.ndarray, k: int, share: float = 0.
     return t
 
 
-def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int, share: float = 0.0003,
-                top: float = 40.0, any_: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+def tail_filter(losses: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int,
+                share: float = CTSettings.filter_tail_share, top: float = CTSettings.filter_tail,
+                any_: float = CTSettings.filter_tail_any) -> tuple[np.ndarray, np.ndarray]:
     """(flag mask: pred == y in a class whose t_c is the largest and > top, or > any_, t per class).
 
     A class with fewer than 2 samples where pred == label is never flagged."""
