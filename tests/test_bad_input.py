@@ -536,7 +536,7 @@ def test_bad_attack_and_defense_opts(capsys, tmp_path, ds):
 
 _TRAIN_KEYS = ["epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                "step_milestones", "warmup", "crop_pad", "hflip", "cutout", "label_smoothing", "threads",
-               "eval_every"]
+               "eval_every", "eval_sample"]
 _RUN_KEYS = ["rate", "target", "seed", "train_size", "test_size", "clean_set", "dataset", "attack", "model",
              "defense", "device"]
 

@@ -157,10 +157,13 @@ def test_per_sample_loss_matches_manual(small):
 def test_cli_train_end_to_end(tmp_path, run_cli):
     out = tmp_path / "runs" / "v"
     code, stdout, _ = run_cli("train", "--attack", "badnets", "--rate", "0.1", "--train-size", "2000",
-                              "--test-size", "500", "--epochs", "6", "--out", out, "--quiet")
+                              "--test-size", "500", "--epochs", "6", "--set", "train.eval_sample=200",
+                              "--out", out, "--quiet")
     assert code == 0, stdout
     assert "vanilla: CA" in stdout
     r = json.loads((out / "result.json").read_text())
+    # per-epoch numbers on the fixed 200-image subset, the result on all 500
+    assert [row["eval_n"] for row in r["history"]] == [200] * 6 and r["n_test"] == 500
     for k in ("clean_acc", "asr", "robust_acc", "detection", "wall_seconds", "peak_rss_mb", "config", "history"):
         assert k in r
     assert 0.5 < r["clean_acc"] <= 1 and r["asr"] > 0.5
@@ -173,3 +176,20 @@ def test_cli_train_end_to_end(tmp_path, run_cli):
     assert code == 0
     m = json.loads(stdout)
     assert abs(m["clean_acc"] - r["clean_acc"]) < 1e-6 and abs(m["asr"] - r["asr"]) < 1e-6
+
+
+def test_eval_subset_is_fixed_and_paired(small):
+    from cleantrain.evaluate.metrics import eval_subset
+
+    _, test = small
+    xt = test.x.clone()
+    triggered = (xt, torch.zeros(len(test), dtype=torch.long), test.y.clone())
+    a, ta = eval_subset(test, triggered, 300)
+    b, tb = eval_subset(test, triggered, 300)
+    assert len(a) == 300 and len(ta[0]) == 300 and torch.equal(a.x, b.x) and torch.equal(ta[2], tb[2])
+    # the triggered rows keep their own true labels; rows are a real subset of the split
+    rows = [int(torch.nonzero((test.x == img).flatten(1).all(1))[0]) for img in ta[0][:20]]
+    assert torch.equal(ta[2][:20], test.y[rows])
+    whole, t_whole = eval_subset(test, triggered, 0)
+    assert whole is test and t_whole is triggered
+    assert eval_subset(test, None, 5000)[0] is test  # more than there are: all

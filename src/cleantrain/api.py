@@ -26,7 +26,7 @@ from .data.io import load_dataset, load_npz, save_npz
 from .defenses.base import DefenseContext, defense_settings, run_defense, run_detector
 from .defenses.shared import reused_cpu_seconds, reused_seconds
 from .errors import UserError
-from .evaluate.metrics import detection, model_metrics, peak_rss_mb
+from .evaluate.metrics import detection, eval_subset, model_metrics, peak_rss_mb
 from .models.base import make_model
 from .registry import attacks, datasets, defenses, models
 from .store.artifacts import load_model, save_model, write_csv, write_json
@@ -274,8 +274,12 @@ def _train(cfg, cfg_d, prep: Prepared, dsettings, device, out: Path, resume: boo
     test = prep.test.to(device)
     triggered = prep.attack.test_set(test, prep.target) if prep.attack else None
 
+    # per-epoch CA/ASR on a fixed subset (`eval_sample`); the final numbers below on the whole split
+    epoch_test, epoch_triggered = eval_subset(test, triggered, cfg.train.eval_sample)
+
     def evaluator(model):
-        return model_metrics(trainer, model, test, prep.attack, prep.target, triggered)
+        return {**model_metrics(trainer, model, epoch_test, prep.attack, prep.target, epoch_triggered),
+                "eval_n": len(epoch_test)}
 
     trainer = Trainer(cfg.train, device, cfg.seed, progress=progress, evaluator=evaluator,
                       checkpoint_dir=out / "checkpoints", resume=resume)

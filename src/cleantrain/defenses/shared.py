@@ -40,6 +40,8 @@ from ..models.base import Net
 from .base import DefenseContext, Detection
 
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
+# recipe settings that change how often or on what a run is evaluated, never the trained model: not in the keys
+EVAL_ONLY = ("threads", "eval_every", "eval_batch_size", "eval_sample")
 _memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
 _MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
 _reused = [0.0, 0.0]  # wall and CPU seconds of computation this process took from the cache instead of doing it
@@ -61,7 +63,7 @@ def _hash_data(h, data: ImageData) -> None:
 
 
 def _meta(ctx: DefenseContext) -> dict[str, Any]:
-    recipe = {k: v for k, v in asdict(ctx.trainer.s).items() if k not in ("threads", "eval_every", "eval_batch_size")}
+    recipe = {k: v for k, v in asdict(ctx.trainer.s).items() if k not in EVAL_ONLY}
     return {"model": ctx.model_key, "train": recipe, "seed": ctx.seed, "device": ctx.trainer.device.type}
 
 

@@ -36,6 +36,23 @@ def model_metrics(trainer: Trainer, model: nn.Module, test: ImageData, attack=No
     return out
 
 
+def eval_subset(test: ImageData, triggered: tuple | None, n: int, seed: int = 0) -> tuple[ImageData, tuple | None]:
+    """A fixed random `n` of the test images and `n` of the triggered ones (all when `n` is 0 or covers them), for
+    the per-epoch evaluation: the same rows for every epoch and every run of a split, so curves compare."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(m: int) -> torch.Tensor | None:
+        return None if n <= 0 or m <= n else torch.randperm(m, generator=g)[:n].sort().values
+
+    rows = pick(len(test))
+    sub = test if rows is None else test.subset(rows.to(test.x.device))
+    if triggered is not None:
+        t_rows = pick(len(triggered[0]))
+        if t_rows is not None:
+            triggered = tuple(t[t_rows.to(t.device)] for t in triggered)
+    return sub, triggered
+
+
 def detection(flagged: torch.Tensor | None, scores: torch.Tensor | None, pd: PoisonedData) -> dict[str, Any] | None:
     """TPR, FPR, precision over poison vs clean (covers apart), AUROC of the scores."""
     if flagged is None and scores is None:

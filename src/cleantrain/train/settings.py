@@ -32,6 +32,9 @@ class TrainSettings:
     threads: int = 0  # CPU threads; 0 = all cores
     eval_batch_size: int = 1024
     eval_every: int = 1  # evaluate CA/ASR every k epochs (0 = only at the end)
+    # per-epoch CA/ASR on a fixed random subset of this many test images (and as many triggered ones); 0 = all.
+    # The run's final numbers (result.json) always use the whole test split.
+    eval_sample: int = 2000
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (GPUs only; PyTorch's SyncBN is CUDA-only)
 
     def check(self) -> None:
@@ -45,8 +48,8 @@ class TrainSettings:
             raise UserError("'weight_decay' must be ≥ 0 and 'momentum' in [0, 1)")
         if not 0 <= self.warmup < 1 or not 0 <= self.label_smoothing < 1:
             raise UserError("'warmup' and 'label_smoothing' must lie in [0, 1)")
-        if self.crop_pad < 0 or self.cutout < 0 or self.threads < 0 or self.eval_every < 0:
-            raise UserError("'crop_pad', 'cutout', 'threads', 'eval_every' must be ≥ 0")
+        if min(self.crop_pad, self.cutout, self.threads, self.eval_every, self.eval_sample) < 0:
+            raise UserError("'crop_pad', 'cutout', 'threads', 'eval_every', 'eval_sample' must be ≥ 0")
 
 
 def lr_factor(schedule: str, t: float, s: TrainSettings) -> float:
