@@ -132,6 +132,34 @@ def test_auto_removes_the_target_labels_flags_widened_by_rank(monkeypatch):
     assert auto_mod.detect_auto(data, ctx, AutoSettings(top_share=0.6)).info["target_label"] == 6
 
 
+def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
+    """All-to-all: label 6's flags are poison too when the clean-set model contradicts most of them; then every
+    sample of label 6 it contradicts is removed, flagged or not, and nothing else changes."""
+    import cleantrain.defenses.auto as auto_mod
+
+    data, det, flagged = label_case()
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    ctx = context(data, clean=data)
+    s = AutoSettings(spread_min_flags=3)
+    # the clean model gives label 6 little probability on five of its eight flags: 5/8 >= 0.5
+    p = torch.ones(20)
+    p[[3, 4, 5, 6, 7]] = 0.01
+    p[[15]] = 0.01  # an unflagged label-1 sample: label 1 has no flags, so it is not a spread label
+    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    got = auto_mod.detect_auto(data, ctx, s)
+    assert got.info["spread_labels"] == [6] and got.info["spread_removed"] == 5
+    assert got.info["contradicted_flag_share"][6] == 0.625 and got.info["contradicted_flag_share"][1] is None
+    assert got.flagged.tolist() == [True] * 8 + [False] * 12  # label 0's three flags + label 6's contradicted five
+    # fewer contradicted than spread_share, or too few flags to judge: the target-only removal as before
+    p[[3, 4]] = 1.0
+    assert auto_mod.detect_auto(data, ctx, s).info["spread_labels"] == []
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=9)).flagged.tolist() == [True] * 3 + [False] * 17
+    with pytest.raises(UserError, match="contradict_below"):
+        defense_settings("auto", {"contradict_below": 0})
+    with pytest.raises(UserError, match="reference_epochs"):
+        defense_settings("auto", {"reference_epochs": -1})
+
+
 def test_rank_top_is_deterministic():
     from cleantrain.defenses.auto import rank_top
 
@@ -208,4 +236,6 @@ def test_auto_end_to_end_with_cheap_detectors(poisoned):
     assert len(pd.data.y.cpu()[det.flagged.cpu()].unique()) == 1
     assert res.info["n_dominant_suspects"] == int(det.flagged.sum())
     assert res.info["target_label"] == 0 and res.info["target_purity"] >= 0.5
+    # all-to-one: the clean-set model's check finds no other label carrying poison
+    assert res.info["spread_labels"] == [] and len(res.info["contradicted_flag_share"]) == 10
     assert res.info["unlearn_epochs_run"] <= 2 and "retrain" in [h["desc"] for h in res.history]

@@ -35,8 +35,18 @@
    (`remove: all` always does). This is not a test for all-to-all
    attacks: on BadNets all-to-all 10 % the most suspect tenth was one
    label's poison (purity 0.99), auto removed 9 % of the poison and ASR
-   stayed 79 % (`remove: all`: half the poison removed, ASR 60 %);
-   docs/results/core.md.
+   stayed 79 % (`remove: all`: half the poison removed, ASR 60 %); step
+   2b is.
+2b. All-to-all: a model trained on the reserved clean set alone (the
+   "reference", `reference_epochs`) never saw the poison, so it gives a
+   dirty-label poison sample's given label almost no probability. A label
+   other than the named target whose flags it mostly contradicts
+   (`spread_share` of them below `contradict_below`) carries poison too,
+   which an all-to-one attack's other labels do not (their flags are
+   clean samples the confused model fits); in such a label every sample
+   the reference contradicts is removed, flagged or not, since the flags
+   catch only part of a spread poison. Measured in docs/results/core.md
+   ("auto on all-to-all attacks").
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived: the removed suspects of the target label
@@ -73,6 +83,7 @@ from ..registry import defenses
 from .abl import ABLSettings, unlearn
 from .base import (DefenseContext, DefenseResult, Detection, defense_settings, register_defense, retrain_kept,
                    run_detector)
+from .shared import normal_fit
 
 
 # CT's budget in auto: that of configs/ct-fashion-mnist.yaml (the published 6 rounds with 2-6 pretraining
@@ -117,6 +128,14 @@ class AutoSettings:
     remove: Literal["target", "all"] = "target"
     target_purity: float = 0.5
     target_widen: float = 1.0
+    # All-to-all / several targets (step 2b): a model trained on the reserved clean set alone (`reference_epochs`;
+    # 0 = no check) never saw the poison, so it contradicts a dirty-label poison sample's given label (gives it less
+    # than `contradict_below`). A label other than the target whose flags it contradicts in at least `spread_share`
+    # (of ≥ `spread_min_flags` flags) carries poison too; in such a label every sample it contradicts is removed.
+    reference_epochs: int = 30
+    contradict_below: float = 0.05
+    spread_share: float = 0.5
+    spread_min_flags: int = 20
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
     unlearn_until: float = 0.05  # ... and stop once it fits no more than this share
     unlearn_epochs: int = 20  # at most this many gradient-ascent epochs on the suspects (0 = off)
@@ -149,6 +168,10 @@ class AutoSettings:
             raise UserError("auto: 'target_purity' must lie in (0, 1] and 'target_widen' in [0, 10]")
         if self.target_from not in ("flags", "top"):
             raise UserError(f"auto: 'target_from' is 'flags' or 'top', got {self.target_from!r}")
+        if self.reference_epochs < 0 or self.spread_min_flags < 1:
+            raise UserError("auto: 'reference_epochs' must be ≥ 0 and 'spread_min_flags' ≥ 1")
+        if not 0 < self.contradict_below < 1 or not 0 < self.spread_share <= 1:
+            raise UserError("auto: 'contradict_below' must lie in (0, 1) and 'spread_share' in (0, 1]")
         if not 0 <= self.unlearn_until <= self.unlearn_when <= 1:
             raise UserError("auto: need 0 ≤ 'unlearn_until' ≤ 'unlearn_when' ≤ 1")
 
@@ -211,6 +234,28 @@ def target_label(train: ImageData, det: Detection, share: float) -> tuple[int, f
     return int(counts.argmax()), float(counts.max()) / int(top.sum())
 
 
+def reference_given_prob(train: ImageData, ctx: DefenseContext, epochs: int) -> torch.Tensor:
+    """For every training sample, the probability a model trained normally on the reserved clean set alone (which
+    never saw the poison) gives its given label."""
+    model, _ = normal_fit(ctx.need_clean("auto's all-to-all check"), ctx, epochs, desc="reference", evaluate=False)
+    p = ctx.trainer.logits(model, train).float().softmax(1).cpu()
+    return p[torch.arange(len(train)), train.y.cpu()]
+
+
+def spread_labels(train: ImageData, flagged: torch.Tensor, contradicted: torch.Tensor, target: int,
+                  s: AutoSettings) -> tuple[list[int], list[float | None]]:
+    """Labels other than `target` whose flags the reference contradicts in at least `spread_share` (of at least
+    `spread_min_flags` flags), and every label's contradicted share of its flags (None: too few flags)."""
+    y = train.y.cpu()
+    shares: list[float | None] = []
+    for c in range(train.num_classes):
+        f = flagged & (y == c)
+        n = int(f.sum())
+        shares.append(round(float(contradicted[f].float().mean()), 4) if n >= s.spread_min_flags else None)
+    spread = [c for c, v in enumerate(shares) if c != target and v is not None and v >= s.spread_share]
+    return spread, shares
+
+
 def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detection:
     """The detectors' union (`detect_union`), then, with `remove: target`, only the target label's flags united
     with that label's top-ranked samples: what auto removes before retraining, and what it reports as flagged."""
@@ -228,6 +273,17 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         ctx.log(f"target label {label} ({purity:.0%} of the most suspect flags): {info['kept_other_labels']} flags of "
                 f"other labels kept, {info['target_widened']} more of label {label} flagged by rank")
         flagged = widened
+    if s.reference_epochs > 0 and ctx.clean is not None:
+        contradicted = reference_given_prob(train, ctx, s.reference_epochs) < s.contradict_below
+        spread, shares = spread_labels(train, det.flagged.cpu().bool(), contradicted, label, s)
+        info["contradicted_flag_share"] = shares
+        info["spread_labels"] = spread
+        if spread:
+            extra = contradicted & torch.isin(train.y.cpu(), torch.tensor(spread)) & ~flagged
+            info["spread_removed"] = int(extra.sum())
+            ctx.log(f"labels {spread} carry poison too (the clean-set model contradicts ≥ {s.spread_share:.0%} of "
+                    f"their flags): {int(extra.sum())} samples it contradicts there removed as well")
+            flagged = flagged | extra
     info["n_flagged"] = int(flagged.sum())
     return Detection(det.scores, flagged, info)
 

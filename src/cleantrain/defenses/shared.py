@@ -174,10 +174,11 @@ def _once(name: str, compute: Callable[[], tuple[dict[str, torch.Tensor], dict[s
 
 
 def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
-               desc: str = "normal") -> tuple[Net, list[dict[str, Any]]]:
+               desc: str = "normal", evaluate: bool = True) -> tuple[Net, list[dict[str, Any]]]:
     """A model trained normally (the recipe, with augmentation) on `train`, and its per-epoch history.
 
-    Trained once per key; its initial weights and batch order come from the key."""
+    Trained once per key; its initial weights and batch order come from the key. `evaluate=False` skips the
+    per-epoch CA/ASR (it does not change the model, so it is not in the key)."""
     epochs = ctx.trainer.s.epochs if epochs is None else epochs
     key = model_key(train, ctx, epochs)
     seed = int(key[:12], 16)
@@ -186,7 +187,7 @@ def normal_fit(train: ImageData, ctx: DefenseContext, epochs: int | None = None,
     def compute():
         ctx.log(f"{desc}: training {epochs} epochs")
         with _own_generator(ctx, seed):
-            history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc).history
+            history = ctx.trainer.fit(model, train, epochs=epochs, desc=desc, evaluate=evaluate).history
         return model.state_dict(), {"history": history}
 
     state, meta, hit = _once(f"normal-{key}", compute)
