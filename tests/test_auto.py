@@ -134,7 +134,7 @@ def test_auto_removes_the_target_labels_flags_widened_by_rank(monkeypatch):
 
 def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     """All-to-all: label 6's flags are poison too when the clean-set model contradicts most of them; then every
-    sample of label 6 it contradicts is removed, flagged or not, and nothing else changes."""
+    sample it contradicts is removed, in any label, flagged or not."""
     import cleantrain.defenses.auto as auto_mod
 
     data, det, flagged = label_case()
@@ -144,12 +144,13 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     # the clean model gives label 6 little probability on five of its eight flags: 5/8 >= 0.5
     p = torch.ones(20)
     p[[3, 4, 5, 6, 7]] = 0.01
-    p[[15]] = 0.01  # an unflagged label-1 sample: label 1 has no flags, so it is not a spread label
+    p[[15]] = 0.01  # an unflagged label-1 sample: label 1 has no flags, so it is not a spread label itself
     monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
     got = auto_mod.detect_auto(data, ctx, s)
-    assert got.info["spread_labels"] == [6] and got.info["spread_removed"] == 5
+    assert got.info["spread_labels"] == [6] and got.info["spread_removed"] == 6
     assert got.info["contradicted_flag_share"][6] == 0.625 and got.info["contradicted_flag_share"][1] is None
-    assert got.flagged.tolist() == [True] * 8 + [False] * 12  # label 0's three flags + label 6's contradicted five
+    # label 0's three flags, label 6's contradicted five and the contradicted label-1 sample
+    assert got.flagged.tolist() == [True] * 8 + [False] * 7 + [True] + [False] * 4
     # fewer contradicted than spread_share, or too few flags to judge: the target-only removal as before
     p[[3, 4]] = 1.0
     assert auto_mod.detect_auto(data, ctx, s).info["spread_labels"] == []
