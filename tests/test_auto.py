@@ -161,6 +161,23 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
         defense_settings("auto", {"reference_epochs": -1})
 
 
+def test_reference_model_contradicts_flipped_labels(small):
+    """The clean-set model (200 clean test images, never the poison) gives the given label of all-to-all BadNets
+    poison (y -> y + 1) little probability, and that of clean training samples mostly not (measured: 95 % / 6 %)."""
+    from cleantrain.data.core import POISON
+    from cleantrain.defenses.auto import reference_given_prob
+
+    train, test = small
+    sub = train.head(1200, seed=4)
+    pd = make_attack("badnets", {"all_to_all": True}, sub.shape, sub.num_classes).poison(sub, 0.25, 0, seed=4)
+    ctx = context(pd.data, test.head(200, seed=2))
+    p = reference_given_prob(pd.data, ctx, 30)
+    poison = pd.kind.cpu() == POISON
+    contradicted = p < AutoSettings().contradict_below
+    assert p.shape == (1200,) and float(contradicted[poison].float().mean()) > 0.8
+    assert float(contradicted[~poison].float().mean()) < 0.15
+
+
 def test_rank_top_is_deterministic():
     from cleantrain.defenses.auto import rank_top
 
