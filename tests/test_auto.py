@@ -216,6 +216,23 @@ def test_unlearning_runs_only_while_the_backdoor_survives(poisoned):
     assert all(torch.equal(v, model2.state_dict()[k]) for k, v in state.items())
 
 
+def test_a_spread_attack_is_not_unlearned(monkeypatch):
+    """After step 2b found poison in several labels there is no single target: auto retrains and stops."""
+    import cleantrain.defenses.auto as auto_mod
+    from cleantrain.defenses.base import DefenseResult
+
+    data, det, flagged = label_case()
+    calls = []
+    for spread in ([6], []):
+        info = {"target_label": 0, "spread_labels": spread}
+        monkeypatch.setattr(auto_mod, "detect_auto", lambda train, ctx, s: Detection(det.scores, flagged, dict(info)))
+        monkeypatch.setattr(auto_mod, "retrain_kept", lambda train, ctx, d: DefenseResult(None, d.scores, d.flagged))
+        monkeypatch.setattr(auto_mod, "unlearn_residual", lambda *a: calls.append(len(calls)) or {"ran": True})
+        res = auto_mod.auto(data, context(data), AutoSettings())
+        assert (res.info.get("unlearn_skipped"), res.info.get("ran")) == (("spread", None) if spread else (None, True))
+    assert calls == [0]
+
+
 def test_unlearning_guard_counts_from_where_unlearning_began(monkeypatch, poisoned):
     """Each unlearning epoch is judged against the guard accuracy before the first one, not the one before it:
     many small losses must not add up past the tolerance."""
