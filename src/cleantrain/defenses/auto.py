@@ -46,9 +46,9 @@
    clean samples the confused model fits). The attack is then not
    all-to-one, and every sample the reference contradicts is removed as
    well, in every label, flagged or not: on BadNets all-to-all 10 % the
-   flags held 41 % of the poison and no flags at all in four labels'
-   poison, while the reference contradicted 98 % of the poison and 3.8 %
-   of the clean samples. Measured in docs/results/core.md ("auto on
+   flags held 55 % of the poison and almost none of two labels' poison,
+   while the reference contradicted 98 % of the poison and 3.8 % of the
+   clean samples. Measured in docs/results/core.md ("auto on
    all-to-all attacks").
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
