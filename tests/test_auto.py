@@ -154,7 +154,8 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     # fewer contradicted than spread_share, or too few flags to judge: the target-only removal as before
     p[[3, 4]] = 1.0
     assert auto_mod.detect_auto(data, ctx, s).info["spread_labels"] == []
-    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=9)).flagged.tolist() == [True] * 3 + [False] * 17
+    too_few = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=9))
+    assert too_few.flagged.tolist() == [True] * 3 + [False] * 17
     with pytest.raises(UserError, match="contradict_below"):
         defense_settings("auto", {"contradict_below": 0})
     with pytest.raises(UserError, match="reference_epochs"):

@@ -40,7 +40,7 @@ from ..models.base import Net
 from .base import DefenseContext, Detection
 
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
-# recipe settings that change how often or on what a run is evaluated, never the trained model: not in the keys
+# recipe settings that never change a trained model (threads; how often and on what it is evaluated): not in keys
 EVAL_ONLY = ("threads", "eval_every", "eval_batch_size", "eval_sample")
 _memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
 _MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
