@@ -141,9 +141,10 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
     ctx = context(data, clean=data)
     s = AutoSettings(spread_min_flags=3)
-    # the clean model gives label 6 little probability on five of its eight flags: 5/8 >= 0.5
+    # the clean model gives label 6 little probability on five of its eight flags (5/8 >= 0.5), and the named
+    # target's own flags too (label 0: 3/3)
     p = torch.ones(20)
-    p[[3, 4, 5, 6, 7]] = 0.01
+    p[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.01
     p[[15]] = 0.01  # an unflagged label-1 sample: label 1 has no flags, so it is not a spread label itself
     monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
     got = auto_mod.detect_auto(data, ctx, s)
@@ -160,6 +161,37 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
         defense_settings("auto", {"contradict_below": 0})
     with pytest.raises(UserError, match="reference_epochs"):
         defense_settings("auto", {"reference_epochs": -1})
+
+
+def test_the_reference_corrects_a_clean_named_target(monkeypatch):
+    """The top tenth named label 0, whose flags the clean-set model does not contradict, while it contradicts most
+    of label 6's: label 6 is the target (its flags removed, label 0's kept), and no spread is found."""
+    import cleantrain.defenses.auto as auto_mod
+
+    data, det, flagged = label_case()
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    ctx = context(data, clean=data)
+    p = torch.ones(20)
+    p[[3, 4, 5, 6, 7]] = 0.01  # 5 of label 6's 8 flags
+    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    got = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
+    assert (got.info["target_label"], got.info["retargeted_from"], got.info["spread_labels"]) == (6, 0, [])
+    assert got.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 9
+    assert got.info["kept_other_labels"] == 3 and "spread_removed" not in got.info
+    # label 0 too few flags to judge (spread_min_flags 4 > its 3): still label 6
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=4)).info["target_label"] == 6
+    # a second contradicted label (label 1's five unflagged samples flagged now): a spread attack, no retarget
+    both = Detection(det.scores, det.flagged | (data.y == 1), {})
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: both)
+    p[15:] = 0.01
+    spread = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
+    assert spread.info["target_label"] == 0 and "retargeted_from" not in spread.info
+    assert spread.info["spread_labels"] == [1, 6]
+    # the named label mostly contradicted itself: it stays the target
+    p[[0, 1, 2]] = 0.01
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    kept = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
+    assert kept.info["target_label"] == 0 and kept.info["spread_labels"] == [6]
 
 
 def test_reference_model_contradicts_flipped_labels(small):
