@@ -178,6 +178,14 @@ def test_the_reference_corrects_a_clean_named_target(monkeypatch):
     assert (got.info["target_label"], got.info["retargeted_from"], got.info["spread_labels"]) == (6, 0, [])
     assert got.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 9
     assert got.info["kept_other_labels"] == 3 and "spread_removed" not in got.info
+    # the reference's other contradicted samples of the new target are removed too, and only those
+    p[[16]] = 0.01  # label 1: not the target, kept
+    data.y[19] = 6  # an unflagged sample of label 6 it contradicts
+    p[[19]] = 0.01
+    more = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
+    assert more.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 8 + [True]
+    assert more.info["target_contradicted"] == 1
+    data.y[19], p[[16, 19]] = 1, 1.0
     # label 0 too few flags to judge (spread_min_flags 4 > its 3): still label 6
     assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=4)).info["target_label"] == 6
     # a second contradicted label (label 1's five unflagged samples flagged now): a spread attack, no retarget
