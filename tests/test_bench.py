@@ -168,8 +168,8 @@ def test_shipped_grids_are_valid():
     counts = {"core.yaml": 84, "smoke.yaml": 30, "issues.yaml": 104, "issues-part1.yaml": 14, "issues-part2.yaml": 22,
               "ct-tail.yaml": 22, "ct-fast.yaml": 6, "none5.yaml": 10, "auto-rank.yaml": 36, "abl-wrn.yaml": 2,
               "auto-target.yaml": 24, "auto-heldout.yaml": 23,
-              "auto-seed1.yaml": 6, "auto-seed1-hard.yaml": 6, "auto-all2all.yaml": 4, "auto-spread-check.yaml": 2, "auto-retarget-check.yaml": 2,
-              "core-10k.yaml": 84}
+              "auto-seed1.yaml": 6, "auto-seed1-hard.yaml": 6, "auto-all2all.yaml": 4, "auto-spread-check.yaml": 2,
+              "auto-retarget-check.yaml": 2, "core-10k.yaml": 84}
     assert {p.name for p in root.glob("*.yaml")} == set(counts)  # a new grid gets a count here
     for name, n in counts.items():
         grid = load_grid(root / name)
