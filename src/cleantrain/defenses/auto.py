@@ -145,7 +145,8 @@ class AutoSettings:
     # 0 = no check) never saw the poison, so it contradicts a dirty-label poison sample's given label (gives it less
     # than `contradict_below`). A label other than the target whose flags it contradicts in at least `spread_share`
     # (of ≥ `spread_min_flags` flags) carries poison too; the attack is then not all-to-one, and every sample the
-    # reference contradicts, in any label, is removed as well.
+    # reference contradicts, in any label, is removed as well. When it is the only such label and the named target's
+    # flags are not contradicted in `spread_share`, it is the target instead (`reference_target`).
     reference_epochs: int = 30
     contradict_below: float = 0.05
     spread_share: float = 0.5
@@ -287,7 +288,8 @@ def reference_target(label: int, shares: list[float | None], s: AutoSettings) ->
 
 def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detection:
     """The detectors' union (`detect_union`), then, with `remove: target`, only the target label's flags united
-    with that label's top-ranked samples: what auto removes before retraining, and what it reports as flagged."""
+    with that label's top-ranked samples, and what the clean-set model's checks add (step 2b): what auto removes
+    before retraining, and what it reports as flagged."""
     det = detect_union(train, ctx, s)
     label, purity = target_label(train, det, s.top_share)
     info = {**det.info, "target_label": label, "target_purity": round(purity, 4)}
@@ -312,8 +314,9 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         flagged = own | (rank_top(in_label, round(s.target_widen * int(own.sum()))) & (y == label))
         info["kept_other_labels"] = int((union & ~own).sum())
         info["target_widened"] = int((flagged & ~own).sum())
-        ctx.log(f"target label {label} ({purity:.0%} of the most suspect flags): {info['kept_other_labels']} flags of "
-                f"other labels kept, {info['target_widened']} more of label {label} flagged by rank")
+        why = "named by the clean-set model" if "retargeted_from" in info else f"{purity:.0%} of the most suspect flags"
+        ctx.log(f"target label {label} ({why}): {info['kept_other_labels']} flags of other labels kept, "
+                f"{info['target_widened']} more of label {label} flagged by rank")
     if "retargeted_from" in info:  # the reference named the target: what it contradicts there is the poison
         extra = contradicted & (train.y.cpu() == label) & ~flagged
         info["target_contradicted"] = int(extra.sum())
