@@ -28,7 +28,7 @@ ATTACKS = ("badnets", "wanet", "sig", "adaptive_patch", "blend", "adaptive_blend
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6, help="the recipe's epochs (core grid: 6)")
-    ap.add_argument("--train-size", type=int, help="train on this seeded subset of the training split (core-10k: 10000)")
+    ap.add_argument("--train-size", type=int, help="train on a seeded subset this large (core-10k: 10000)")
     ap.add_argument("--out", help="default: docs/results/clean_floor.json, or clean_floor-N.json with --train-size")
     args = ap.parse_args()
     tag = f"-{args.train_size}" if args.train_size else ""
