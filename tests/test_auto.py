@@ -140,7 +140,7 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     data, det, flagged = label_case()
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
     ctx = context(data, clean=data)
-    s = AutoSettings(spread_min_flags=3)
+    s = AutoSettings(spread_min_flags=3, spread_min_labels=1)  # one label other than the target is enough here
     # the clean model gives label 6 little probability on five of its eight flags (5/8 >= 0.5), and the named
     # target's own flags too (label 0: 3/3)
     p = torch.ones(20)
@@ -155,16 +155,23 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     # fewer contradicted than spread_share, or too few flags to judge: the target-only removal as before
     p[[3, 4]] = 1.0
     assert auto_mod.detect_auto(data, ctx, s).info["spread_labels"] == []
-    too_few = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=9))
+    too_few = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=9, spread_min_labels=1))
     assert too_few.flagged.tolist() == [True] * 3 + [False] * 17
+    # by default one label other than the target is not a spread attack (a stray clean label)
+    p[[3, 4]] = 0.01
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3)).info["spread_labels"] == []
     with pytest.raises(UserError, match="contradict_below"):
         defense_settings("auto", {"contradict_below": 0})
     with pytest.raises(UserError, match="reference_epochs"):
         defense_settings("auto", {"reference_epochs": -1})
+    with pytest.raises(UserError, match="spread_min_labels"):
+        defense_settings("auto", {"spread_min_labels": 0})
+    with pytest.raises(UserError, match="retarget_ratio"):
+        defense_settings("auto", {"retarget_ratio": 0.5})
 
 
 def test_the_reference_corrects_a_clean_named_target(monkeypatch):
-    """The top tenth named label 0, whose flags the clean-set model does not contradict, while it contradicts most
+    """The top tenth named label 0, whose flags the clean-set model does not contradict, while it contradicts five
     of label 6's: label 6 is the target (its flags removed, label 0's kept), and no spread is found."""
     import cleantrain.defenses.auto as auto_mod
 
@@ -178,6 +185,7 @@ def test_the_reference_corrects_a_clean_named_target(monkeypatch):
     assert (got.info["target_label"], got.info["retargeted_from"], got.info["spread_labels"]) == (6, 0, [])
     assert got.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 9
     assert got.info["kept_other_labels"] == 3 and "spread_removed" not in got.info
+    assert got.info["contradicted_flags"] == [0, 0, 0, 0, 0, 0, 5, 0, 0, 0]
     # the reference's other contradicted samples of the new target are removed too, and only those
     p[[16]] = 0.01  # label 1: not the target, kept
     data.y[19] = 6  # an unflagged sample of label 6 it contradicts
@@ -186,8 +194,8 @@ def test_the_reference_corrects_a_clean_named_target(monkeypatch):
     assert more.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 8 + [True]
     assert more.info["target_contradicted"] == 1
     data.y[19], p[[16, 19]] = 1, 1.0
-    # label 0 too few flags to judge (spread_min_flags 4 > its 3): still label 6
-    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=4)).info["target_label"] == 6
+    # fewer contradicted flags than spread_min_flags: the top tenth's label stays
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=6)).info["target_label"] == 0
     # a second contradicted label (label 1's five unflagged samples flagged now): a spread attack, no retarget
     both = Detection(det.scores, det.flagged | (data.y == 1), {})
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: both)
@@ -195,11 +203,13 @@ def test_the_reference_corrects_a_clean_named_target(monkeypatch):
     spread = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
     assert spread.info["target_label"] == 0 and "retargeted_from" not in spread.info
     assert spread.info["spread_labels"] == [1, 6]
-    # the named label mostly contradicted itself: it stays the target
+    # the named label's three flags contradicted too: label 6's five are fewer than twice as many, so label 0 stays
     p[[0, 1, 2]] = 0.01
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
     kept = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
-    assert kept.info["target_label"] == 0 and kept.info["spread_labels"] == [6]
+    assert kept.info["target_label"] == 0 and kept.info["spread_labels"] == []
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, retarget_ratio=1.5)).info[
+        "target_label"] == 6
 
 
 def test_reference_model_contradicts_flipped_labels(small):
