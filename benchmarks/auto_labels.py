@@ -1,5 +1,6 @@
 """Per label, what `auto`'s target choice sees on one bench cell: the union's flags, how many of them the clean-set
-model (the reference) contradicts, how many are poison, and the top tenth's label counts.
+model (the reference) contradicts, how many are poison, how much of the poison it contradicts, and the top tenth's
+label counts.
 
     CLEANTRAIN_CACHE_DIR=bench/core-10k/cache OMP_NUM_THREADS=1 \
       python benchmarks/auto_labels.py bench/core-10k-v3 wanet-1pct-auto-s0
@@ -43,14 +44,14 @@ def main() -> None:
     n = int(flagged.sum())
     top = rank_top(torch.where(flagged, det.scores.cpu().float(), float("-inf")), max(1, round(s.top_share * n)))
     print(f"{args.cell}: {n} flags, {int(poison.sum())} poison, target {prep.target}")
-    print("label  samples  contradicted  flags  flags-contradicted  share  flags-poison  top-tenth")
+    print("label  samples  contradicted  flags  flags-contradicted  share  flags-poison  poison-contradicted  top-tenth")
     for c in range(data.num_classes):
         f = flagged & (y == c)
         nf = int(f.sum())
         share = f"{float(contradicted[f].float().mean()):.2f}" if nf else "-"
         print(f"{c:5d}  {int((y == c).sum()):7d}  {int((contradicted & (y == c)).sum()):12d}  {nf:5d}  "
               f"{int((contradicted & f).sum()):18d}  {share:>5s}  {int((poison & f).sum()):12d}  "
-              f"{int((top & (y == c)).sum()):9d}")
+              f"{int((poison & contradicted & (y == c)).sum()):19d}  {int((top & (y == c)).sum()):9d}")
 
 
 if __name__ == "__main__":

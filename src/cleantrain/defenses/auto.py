@@ -58,8 +58,11 @@
    it the reference contradicts is removed as well. The top tenth named a
    clean label on WaNet and adaptive_patch 1 % at 10 000 images and on
    SIG 1 % at 60 000; the target held 4-9x the named label's contradicted
-   flags there. It needs poison the reference contradicts: dirty-label
-   poison, and SIG's sine, but not a clean-label trigger it ignores.
+   flags there. It rests on poison the reference contradicts (dirty-label
+   poison); on clean-label SIG it worked through the flags crowding into
+   the target, whose hard T-shirts the reference contradicts as well
+   (only 70 of the 600 poison images were contradicted), which a target
+   class with few hard samples would not give.
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived (not after step 2b found a spread attack, which
@@ -282,7 +285,9 @@ def reference_target(label: int, counts: list[int], s: AutoSettings) -> int:
     """The target the reference points at, or `label` (the one the top tenth named): the label with the most
     flags the reference contradicts, when it holds at least `retarget_ratio` × as many as the named label (and at
     least `spread_min_flags`). An all-to-one attack's poison sits in its target, and the reference contradicts
-    dirty-label poison (and, measured, most of SIG's); the clean samples it contradicts spread over the labels.
+    dirty-label poison; the clean samples it contradicts spread over the labels. On clean-label SIG it
+    contradicted only 70 of the 600 poison images: label 0 led there because the flags crowd into the target
+    (1 998 of them), and the reference contradicts the hard T-shirts among them too.
     Measured (docs/results/core.md, "auto's target from the clean-set model"): the top tenth named a clean label
     on WaNet, adaptive_patch (10 000 images) and SIG (60 000) at 1 %, where label 0, the target, held 26 / 66 /
     316 contradicted flags against the named label's 6 / 7 / 49; where it named the target, the target held the
