@@ -306,12 +306,12 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
     det = detect_union(train, ctx, s)
     label, purity = target_label(train, det, s.top_share)
     info = {**det.info, "target_label": label, "target_purity": round(purity, 4)}
-    union = det.flagged.cpu().bool()
+    union, y = det.flagged.cpu().bool(), train.y.cpu()
     contradicted, spread = None, []
     if s.reference_epochs > 0 and ctx.clean is not None:
         contradicted = reference_given_prob(train, ctx, s.reference_epochs) < s.contradict_below
         shares = contradicted_shares(train, union, contradicted, s)
-        counts = torch.bincount(train.y.cpu()[union & contradicted], minlength=train.num_classes).tolist()
+        counts = torch.bincount(y[union & contradicted], minlength=train.num_classes).tolist()
         spread = [c for c in heavy_labels(shares, s) if c != label]
         if len(spread) < s.spread_min_labels:  # one stray label is not a spread attack (SIG 1 %: 21 of 34 flags)
             spread = []
@@ -324,7 +324,6 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         info.update(contradicted_flag_share=shares, contradicted_flags=counts, spread_labels=spread)
     flagged = union
     if s.remove == "target" and label >= 0 and (purity >= s.target_purity or "retargeted_from" in info):
-        y = train.y.cpu()
         own = union & (y == label)
         in_label = torch.where(y == label, det.scores.cpu().float(), float("-inf"))
         flagged = own | (rank_top(in_label, round(s.target_widen * int(own.sum()))) & (y == label))
@@ -334,7 +333,7 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         ctx.log(f"target label {label} ({why}): {info['kept_other_labels']} flags of other labels kept, "
                 f"{info['target_widened']} more of label {label} flagged by rank")
     if "retargeted_from" in info:  # the reference named the target: what it contradicts there is the poison
-        extra = contradicted & (train.y.cpu() == label) & ~flagged
+        extra = contradicted & (y == label) & ~flagged
         info["target_contradicted"] = int(extra.sum())
         ctx.log(f"the {int(extra.sum())} other samples of label {label} the clean-set model contradicts removed too")
         flagged = flagged | extra
