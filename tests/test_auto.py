@@ -325,3 +325,47 @@ def test_auto_end_to_end_with_cheap_detectors(poisoned):
     # all-to-one: the clean-set model's check finds no other label carrying poison
     assert res.info["spread_labels"] == [] and len(res.info["contradicted_flag_share"]) == 10
     assert res.info["unlearn_epochs_run"] <= 2 and "retrain" in [h["desc"] for h in res.history]
+
+
+def test_an_unconfirmed_target_removes_nothing(monkeypatch):
+    """Step 2c: label 0's flags are removed only when the clean-set model contradicts enough of them (dirty-label
+    poison) or SCAn flags the class (clean-label poison); otherwise nothing is removed or unlearned (on clean data
+    the flags still crowd into one label). Confirmed by SCAn alone, nothing is unlearned."""
+    import cleantrain.defenses.auto as auto_mod
+    from cleantrain.defenses.base import DefenseResult
+
+    data, det, flagged = label_case()
+    ctx = context(data, clean=data)
+    p = torch.ones(20)  # the reference contradicts nothing
+    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    monkeypatch.setattr(auto_mod, "retrain_kept", lambda train, ctx, d: DefenseResult(None, d.scores, d.flagged, [],
+                                                                                      d.info))
+    calls = []
+    monkeypatch.setattr(auto_mod, "unlearn_residual", lambda *a: calls.append(int(len(a[1]))) or {"ran": True})
+
+    def run(scan_classes, **kw):
+        info = {"detectors": {"scan": {"flagged_classes": scan_classes}}}
+        monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, info))
+        s = AutoSettings(spread_min_flags=3, **kw)
+        return auto_mod.detect_auto(data, ctx, s), auto_mod.auto(data, ctx, s)
+
+    got, res = run([5, 8])
+    assert got.info["target_label"] == 0 and got.info["no_attack_found"] and got.flagged.sum() == 0
+    assert got.info["target_contradicted_share"] == 0.0 and got.info["target_confirmed_by"] == []
+    assert res.info["unlearn_skipped"] == "no attack found" and calls == []
+    got, res = run([0, 8])  # SCAn flags the target's class: removed, but not unlearned
+    assert got.info["target_confirmed_by"] == ["scan"] and got.flagged.tolist() == [True] * 3 + [False] * 17
+    assert res.info["unlearn_skipped"] == "clean-label" and calls == []
+    assert run([5], confirm_by=())[0].info["no_attack_found"]
+    p[1] = 0.01  # one of the target's three flags contradicted: dirty-label evidence
+    got, res = run([])
+    assert got.info["target_confirmed_by"] == ["reference"] and got.flagged.tolist() == [True] * 3 + [False] * 17
+    assert res.info.get("ran") and calls == [3]
+    assert run([], evidence_share=0.5)[0].info["no_attack_found"]
+    p[1] = 1.0
+    off, _ = run([], evidence_share=0.0)  # the check off: removed as before
+    assert "no_attack_found" not in off.info and off.flagged.sum() == 3
+    with pytest.raises(UserError, match="evidence_share"):
+        defense_settings("auto", {"evidence_share": 1.5})
+    with pytest.raises(UserError, match="confirm_by"):
+        defense_settings("auto", {"confirm_by": ["vanilla"]})

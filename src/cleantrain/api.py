@@ -337,9 +337,9 @@ def write_suspects(path: Path, scores: torch.Tensor | None, flagged: torch.Tenso
 
 # ---------------------------------------------------------------- other verbs
 def poison(cfg: RunConfig, out: str | Path, examples: str | Path | None = None, overwrite: bool = False) -> PoisonedData:
-    """Poison a registered dataset and save it as one `.npz`."""
-    if not cfg.attack:
-        raise UserError("poison needs --attack")
+    """Poison a registered dataset and save it as one `.npz` (no attack: the clean set, in the same format)."""
+    if examples and not cfg.attack:
+        raise UserError("--examples needs --attack (clean data has no triggered images to show)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{str(out)!r} exists (pass --overwrite)")
