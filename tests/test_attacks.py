@@ -260,3 +260,18 @@ def test_cli_attack_opt_validation_and_examples(tmp_path, run_cli):
     with Image.open(pngs[0]) as im:
         w, h = im.size
     assert w > 5 * 28 and h > 3 * 28  # five columns, three rows
+
+
+def test_cli_poison_without_an_attack_writes_the_clean_set(tmp_path, run_cli):
+    """`poison --attack none` saves the (subsampled) clean set in the same format, which `train --data` and a bench
+    grid's `attacks: [none]` read; --examples has nothing to show then and is refused before any work."""
+    from cleantrain.data.io import load_npz
+
+    code, out, _ = run_cli("poison", "--attack", "none", "--train-size", "300", "--out", tmp_path / "c.npz")
+    assert code == 0, out
+    pd = load_npz(tmp_path / "c.npz")
+    assert len(pd) == 300 and int(pd.is_poison.sum()) == 0 and pd.attack == {"attack": None}
+    assert torch.equal(pd.data.y, pd.original) and int(pd.kind.max()) == 0
+    code, _, err = run_cli("poison", "--attack", "none", "--train-size", "300", "--out", tmp_path / "d.npz",
+                           "--examples", tmp_path / "ex")
+    assert code == 2 and "--examples needs --attack" in err and not (tmp_path / "d.npz").exists()

@@ -63,6 +63,16 @@
    the target, whose hard T-shirts the reference contradicts as well
    (only 70 of the 600 poison images were contradicted), which a target
    class with few hard samples would not give.
+2c. Confirm the target (all-to-one, `evidence_share`, `confirm_by`): the
+   flags crowd into one label on clean data too (the hardest class: on a
+   clean 10 000-image set, 544 shirts), so that label's suspects are
+   removed only when the reference contradicts at least 15 % of them
+   (dirty-label poison; 29-88 % on the grid's right targets, 5-7 % on clean
+   data and on the wrongly named labels) or SCAn's class test flags the
+   label (clean-label SIG, 11-16 % contradicted). Unconfirmed, nothing is
+   removed or unlearned and the model is a normal one; confirmed by SCAn
+   alone, nothing is unlearned. Measured in docs/results/core.md ("auto on
+   clean data").
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived (not after step 2b found a spread attack, which
