@@ -365,6 +365,17 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
     p[1] = 1.0
     off, _ = run([], evidence_share=0.0)  # the check off: removed as before
     assert "no_attack_found" not in off.info and off.flagged.sum() == 3
+    # a top tenth under target_purity (label 6 holds 8 of the 11 flags, 0.73 < 0.8): without the clean-set model
+    # every flag is removed; with it, label 6 is the candidate, and the reference confirms it (4 of its 8 contradicted)
+    p[3:7] = 0.01
+    low = dict(top_share=1.0, target_purity=0.8)
+    got, _ = run([], **low)
+    assert (got.info["target_label"], got.info["target_purity"]) == (6, 0.7273)
+    assert got.info["target_confirmed_by"] == ["reference"] and got.flagged.tolist() == [False] * 3 + [True] * 8 + [
+        False] * 9
+    assert run([], reference_epochs=0, **low)[0].flagged.tolist() == [True] * 11 + [False] * 9
+    p[3:7] = 1.0
+    assert run([], **low)[0].info["no_attack_found"]
     with pytest.raises(UserError, match="evidence_share"):
         defense_settings("auto", {"evidence_share": 1.5})
     with pytest.raises(UserError, match="confirm_by"):
