@@ -361,7 +361,10 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         why = "named by the clean-set model" if "retargeted_from" in info else f"{purity:.0%} of the most suspect flags"
         ctx.log(f"target label {label} ({why}): {info['kept_other_labels']} flags of other labels kept, "
                 f"{info['target_widened']} more of label {label} flagged by rank")
-    if "retargeted_from" in info:  # the reference named the target: what it contradicts there is the poison
+    if one_target and confirm and not spread:  # judged on the label's flags, before the reference adds its own
+        flagged = confirm_target(flagged, contradicted, label, train, info, ctx, s)
+    if "retargeted_from" in info and not info.get("no_attack_found"):
+        # the reference named the target: what it contradicts there is the poison
         extra = contradicted & (y == label) & ~flagged
         info["target_contradicted"] = int(extra.sum())
         ctx.log(f"the {int(extra.sum())} other samples of label {label} the clean-set model contradicts removed too")
@@ -372,8 +375,6 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         ctx.log(f"labels {spread} carry poison too (the clean-set model contradicts ≥ {s.spread_share:.0%} of "
                 f"their flags): the {int(extra.sum())} other samples it contradicts removed as well")
         flagged = flagged | extra
-    elif one_target and confirm:
-        flagged = confirm_target(flagged, contradicted, label, train, info, ctx, s)
     info["n_flagged"] = int(flagged.sum())
     return Detection(det.scores, flagged, info)
 
