@@ -68,12 +68,14 @@
    flags crowd into one label on clean data too (the hardest class: on a
    clean 10 000-image set, 544 shirts), so that label's suspects are
    removed only when the reference contradicts at least 15 % of them
-   (dirty-label poison; 29-88 % on the grid's right targets, 5-7 % on clean
-   data and on the wrongly named labels) or SCAn's class test flags the
-   label (clean-label SIG, 11-16 % contradicted). Unconfirmed, nothing is
-   removed or unlearned and the model is a normal one; confirmed by SCAn
-   alone, nothing is unlearned. Measured in docs/results/core.md ("auto on
-   clean data").
+   (dirty-label poison; 29-87 % on the grid's right targets, 2-8 % on clean
+   data and on wrongly named labels), judged before the reference's own
+   picks of that label are added, or SCAn's class test flags the label
+   (clean-label SIG, 11-15 % contradicted; SCAn also flags bags and
+   sandals on clean 10 000-image sets, its weak half). Unconfirmed,
+   nothing is removed or unlearned and the model is a normal one;
+   confirmed by SCAn alone, nothing is unlearned. Measured in
+   docs/results/core.md ("auto on clean data").
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived (not after step 2b found a spread attack, which
@@ -172,8 +174,9 @@ class AutoSettings:
     # `evidence_share` of its suspects (dirty-label poison), or a detector of `confirm_by` (a class-level test) flags
     # the class (clean-label poison keeps its true label). Unconfirmed, nothing is removed or unlearned; confirmed by
     # `confirm_by` alone, nothing is unlearned. 0 = no check. On a clean 10 000-image set auto had removed 597 of the
-    # ~1 000 shirts (5.3 % of them contradicted) and lost 3.5 CA points; confirmed targets held 29-88 % (dirty-label)
-    # and 11-16 % (SIG, which SCAn flags), the wrongly named ones 6-7 % (docs/results/core.md, "auto on clean data")
+    # ~1 000 shirts (5.7 % of them contradicted) and lost 3.5 CA points; right targets held 29-87 % (dirty-label) and
+    # 11-15 % (SIG, which SCAn flags), clean or wrongly named ones 2-8 %; SCAn also flags bags and sandals on clean
+    # 10 000-image sets (docs/results/core.md, "auto on clean data")
     evidence_share: float = 0.15
     confirm_by: tuple[str, ...] = ("scan",)
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
