@@ -75,7 +75,7 @@
    sandals on clean 10 000-image sets, its weak half). Unconfirmed,
    nothing is removed or unlearned and the model is a normal one;
    confirmed by SCAn alone, nothing is unlearned. Measured in
-   docs/results/core.md ("auto on clean data").
+   docs/results/core.md ("`auto` on clean data").
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived (not after step 2b found a spread attack, which
@@ -176,7 +176,7 @@ class AutoSettings:
     # `confirm_by` alone, nothing is unlearned. 0 = no check. On a clean 10 000-image set auto had removed 597 of the
     # ~1 000 shirts (5.7 % of them contradicted) and lost 3.5 CA points; right targets held 29-87 % (dirty-label) and
     # 11-15 % (SIG, which SCAn flags), clean or wrongly named ones 2-8 %; SCAn also flags bags and sandals on clean
-    # 10 000-image sets (docs/results/core.md, "auto on clean data")
+    # 10 000-image sets (docs/results/core.md, "`auto` on clean data")
     evidence_share: float = 0.15
     confirm_by: tuple[str, ...] = ("scan",)
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
