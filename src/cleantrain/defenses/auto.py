@@ -68,8 +68,9 @@
    flags crowd into one label on clean data too (the hardest class: on a
    clean 10 000-image set, 544 shirts), so that label's suspects are
    removed only when the reference contradicts at least 15 % of them
-   (dirty-label poison; 29-87 % on the grid's right targets, 2-8 % on clean
-   data and on wrongly named labels), judged before the reference's own
+   (dirty-label poison; 29-87 % on the grid's right targets, 2-12 % on
+   clean data and wrongly named labels, though one clean subset gave 30 %
+   of only 98 flags), judged before the reference's own
    picks of that label are added, or SCAn's class test flags the label
    (clean-label SIG, 11-15 % contradicted; SCAn also flags bags and
    sandals on clean 10 000-image sets, its weak half). Unconfirmed,
@@ -175,8 +176,8 @@ class AutoSettings:
     # the class (clean-label poison keeps its true label). Unconfirmed, nothing is removed or unlearned; confirmed by
     # `confirm_by` alone, nothing is unlearned. 0 = no check. On a clean 10 000-image set auto had removed 597 of the
     # ~1 000 shirts (5.7 % of them contradicted) and lost 3.5 CA points; right targets held 29-87 % (dirty-label) and
-    # 11-15 % (SIG, which SCAn flags), clean or wrongly named ones 2-8 %; SCAn also flags bags and sandals on clean
-    # 10 000-image sets (docs/results/core.md, "`auto` on clean data")
+    # 11-15 % (SIG, which SCAn flags), clean or wrongly named ones 2-12 % (one clean subset: 30 % of 98 flags); SCAn
+    # also flags bags and sandals on clean 10 000-image sets (docs/results/core.md, "`auto` on clean data")
     evidence_share: float = 0.15
     confirm_by: tuple[str, ...] = ("scan",)
     unlearn_when: float = 0.2  # unlearn only when the retrained model still fits more than this share of suspects
