@@ -468,7 +468,7 @@ def auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> DefenseResul
         info["unlearn_skipped"] = "spread"
     elif info.get("no_attack_found"):
         info["unlearn_skipped"] = "no attack found"
-    elif info.get("target_contradicted_share", 1.0) < s.evidence_share:
+    elif "reference" not in info.get("target_confirmed_by", ["reference"]):
         # confirmed by a class-level detector alone (clean-label poison keeps its true label): unlearning the
         # suspects' own labels never helped there (SIG: the guard undid it at 1 % and 10 %, full data)
         info["unlearn_skipped"] = "clean-label"
