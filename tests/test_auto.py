@@ -284,6 +284,34 @@ def test_a_spread_attack_is_not_unlearned(monkeypatch):
     assert calls == [0]
 
 
+def test_only_the_suspects_the_clean_set_model_contradicts_are_unlearned(monkeypatch):
+    """The target's removed suspects hold clean samples of the target, which a retrained model rightly fits; the
+    unlearning (and whether to run it) looks only at those the clean-set model contradicts, unless told otherwise."""
+    import cleantrain.defenses.auto as auto_mod
+    from cleantrain.defenses.base import DefenseResult
+
+    data, det, _ = label_case()
+    flagged = torch.zeros(20, dtype=torch.bool)
+    flagged[[0, 1, 2, 11, 12]] = True  # five suspects of label 0
+    contradicted = torch.zeros(20, dtype=torch.bool)
+    contradicted[[1, 2, 5]] = True  # two of them (and a sample of label 6, not a suspect)
+    seen: list = []
+    monkeypatch.setattr(auto_mod, "retrain_kept", lambda train, ctx, d: DefenseResult(None, d.scores, d.flagged))
+    monkeypatch.setattr(auto_mod, "unlearn_residual", lambda m, sus, c, s: seen.append(len(sus)) or {})
+    info = {"target_label": 0, "spread_labels": [], "target_confirmed_by": ["reference"]}
+    none = torch.zeros(20, dtype=torch.bool)
+    cases = (("contradicted", {"contradicted": contradicted}, 2), ("suspects", {"contradicted": contradicted}, 5),
+             ("contradicted", {}, 5), ("contradicted", {"contradicted": none}, 0))  # {}: no clean-set model
+    for on, masks, want in cases:
+        seen.clear()
+        monkeypatch.setattr(auto_mod, "detect_auto", lambda train, ctx, s: Detection(det.scores, flagged, dict(info), masks))
+        res = auto_mod.auto(data, context(data), AutoSettings(unlearn_on=on))
+        assert seen == ([want] if want else [])  # what was unlearned, and nothing when none is contradicted
+        assert res.info["n_dominant_suspects"] == 5
+        if on == "contradicted" and masks:
+            assert res.info["n_unlearn_suspects"] == want
+
+
 def test_unlearning_guard_counts_from_where_unlearning_began(monkeypatch, poisoned):
     """Each unlearning epoch is judged against the guard accuracy before the first one, not the one before it:
     many small losses must not add up past the tolerance."""
@@ -360,7 +388,7 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
     p[1] = 0.01  # one of the target's three flags contradicted: dirty-label evidence
     got, res = run([])
     assert got.info["target_confirmed_by"] == ["reference"] and got.flagged.tolist() == [True] * 3 + [False] * 17
-    assert res.info.get("ran") and calls == [3]
+    assert res.info.get("ran") and calls == [1]  # unlearned: the one suspect the clean-set model contradicts
     assert run([], evidence_share=0.5)[0].info["no_attack_found"]
     p[1] = 1.0
     off, _ = run([], evidence_share=0.0)  # the check off: removed as before

@@ -62,6 +62,7 @@ class Detection:
     scores: torch.Tensor  # N, higher = more suspicious
     flagged: torch.Tensor  # N bool
     info: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # N-bool masks the defense's later steps use (not saved)
 
 
 @dataclass
