@@ -214,3 +214,25 @@ def test_auto_check_reads_tables_as_one(tmp_path):
     # a clean floor of 3 %: abl's 0 % counts as 3 %, and auto's 2 % is as low; a 1 % floor is not enough
     assert [r[5] for r in mod.compare(cells, floors={"badnets": 0.03})] == [True]
     assert [r[5] for r in mod.compare(cells, floors={"badnets": 0.01, "sig": 0.5})] == [False]
+
+
+def test_md_table_reads_a_committed_table_back(tmp_path, capsys):
+    """benchmarks/md_table.py: the table under a heading of a docs page, back into the columns auto_check reads."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "md_table.py"
+    spec = importlib.util.spec_from_file_location("md_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    page = ("# x\n| attack | rate | defense |\n|---|---|---|\n| sig | 1 % | abl | 1/1 | 1 | 2 |\n"
+            "## Table\ntext\n\n| attack | rate | defense | runs | CA % | ASR % | RA % |\n|---|---|---|---|---|---|---|\n"
+            "| badnets | 10 % | vanilla | 1/1 | 91.9 | 100.0 | 0.0 |\n| badnets | 1 % | ct | 0/1 | – | – | – |\n"
+            "\nafter\n| wanet | 1 % | abl | 1/1 | 1 | 2 |\n")
+    got = mod.rows(page, "## Table")  # only the first table after the heading
+    assert [(r["attack"], r["rate"], r["defense"], r["runs"], r["ca_mean"], r["asr_mean"]) for r in got] == [
+        ("badnets", "0.1", "vanilla", "1", repr(0.919), "1.0"), ("badnets", "0.01", "ct", "0", "", "")]
+    (tmp_path / "p.md").write_text(page)
+    mod.main([str(tmp_path / "p.md"), "--section", "## Table"])
+    assert capsys.readouterr().out.splitlines()[0] == "attack,rate,defense,runs,ca_mean,asr_mean"
+    with pytest.raises(SystemExit, match="no line"):
+        mod.rows(page, "## Nope")
