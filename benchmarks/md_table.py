@@ -15,6 +15,11 @@ import csv
 import sys
 
 
+def fraction(percent: str) -> str:
+    """A table's "91.9" as table.csv's "0.919"; "–" (unfinished) as empty."""
+    return "" if percent in ("", "–", "-") else repr(float(percent.rstrip(" %")) / 100)
+
+
 def rows(text: str, section: str) -> list[dict[str, str]]:
     """The rows of the first table after the line `section` (a heading), as table.csv fields."""
     lines = text.splitlines()
@@ -31,9 +36,8 @@ def rows(text: str, section: str) -> list[dict[str, str]]:
         if cells[0] == "attack" or set(cells[0]) <= {"-", ":"}:
             continue  # header, rule
         attack, rate, defense, runs, ca, asr = cells[:6]
-        pct = lambda v: "" if v in ("", "–", "-") else repr(float(v) / 100)  # noqa: E731
-        out.append({"attack": attack, "rate": repr(float(rate.rstrip(" %")) / 100), "defense": defense,
-                    "runs": runs.split("/")[0], "ca_mean": pct(ca), "asr_mean": pct(asr)})
+        out.append({"attack": attack, "rate": fraction(rate), "defense": defense, "runs": runs.split("/")[0],
+                    "ca_mean": fraction(ca), "asr_mean": fraction(asr)})
     if not out:
         raise SystemExit(f"no table after {section!r}")
     return out

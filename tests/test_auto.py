@@ -304,7 +304,8 @@ def test_only_the_suspects_the_clean_set_model_contradicts_are_unlearned(monkeyp
              ("contradicted", {}, 5), ("contradicted", {"contradicted": none}, 0))  # {}: no clean-set model
     for on, masks, want in cases:
         seen.clear()
-        monkeypatch.setattr(auto_mod, "detect_auto", lambda train, ctx, s: Detection(det.scores, flagged, dict(info), masks))
+        found = Detection(det.scores, flagged, dict(info), masks)
+        monkeypatch.setattr(auto_mod, "detect_auto", lambda train, ctx, s: found)
         res = auto_mod.auto(data, context(data), AutoSettings(unlearn_on=on))
         assert seen == ([want] if want else [])  # what was unlearned, and nothing when none is contradicted
         assert res.info["n_dominant_suspects"] == 5

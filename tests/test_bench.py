@@ -190,14 +190,20 @@ def test_shipped_configs_are_valid():
         defense_settings(cfg.defense, cfg.defense_opts)  # every key and value checked
 
 
-def test_auto_check_reads_tables_as_one(tmp_path):
-    """benchmarks/auto_check.py: the best single defense per cell, auto judged against it, two tables merged."""
+def benchmark_script(name: str):
+    """A script of benchmarks/ (not a package), loaded as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "auto_check.py"
-    spec = importlib.util.spec_from_file_location("auto_check", path)
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_auto_check_reads_tables_as_one(tmp_path):
+    """benchmarks/auto_check.py: the best single defense per cell, auto judged against it, two tables merged."""
+    mod = benchmark_script("auto_check")
     head = "attack,rate,defense,runs,ca_mean,asr_mean\n"
     (tmp_path / "a.csv").write_text(head + "badnets,0.1,vanilla,1,0.92,1.0\nbadnets,0.1,abl,1,0.91,0.0\n"
                                     "badnets,0.1,ct,1,0.80,0.0\nbadnets,0.1,auto,1,0.90,0.02\n"
@@ -218,14 +224,10 @@ def test_auto_check_reads_tables_as_one(tmp_path):
 
 def test_md_table_reads_a_committed_table_back(tmp_path, capsys):
     """benchmarks/md_table.py: the table under a heading of a docs page, back into the columns auto_check reads."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "md_table.py"
-    spec = importlib.util.spec_from_file_location("md_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("md_table")
     page = ("# x\n| attack | rate | defense |\n|---|---|---|\n| sig | 1 % | abl | 1/1 | 1 | 2 |\n"
-            "## Table\ntext\n\n| attack | rate | defense | runs | CA % | ASR % | RA % |\n|---|---|---|---|---|---|---|\n"
+            "## Table\ntext\n\n| attack | rate | defense | runs | CA % | ASR % | RA % |\n"
+            "|---|---|---|---|---|---|---|\n"
             "| badnets | 10 % | vanilla | 1/1 | 91.9 | 100.0 | 0.0 |\n| badnets | 1 % | ct | 0/1 | – | – | – |\n"
             "\nafter\n| wanet | 1 % | abl | 1/1 | 1 | 2 |\n")
     got = mod.rows(page, "## Table")  # only the first table after the heading

@@ -62,7 +62,8 @@ class Detection:
     scores: torch.Tensor  # N, higher = more suspicious
     flagged: torch.Tensor  # N bool
     info: dict[str, Any] = field(default_factory=dict)
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # N-bool masks the defense's later steps use (not saved)
+    # N-bool masks that the defense's own later steps use (not saved with a cached detection)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
