@@ -171,7 +171,8 @@ def test_shipped_grids_are_valid():
               "auto-seed1.yaml": 6, "auto-seed1-hard.yaml": 6, "auto-all2all.yaml": 4, "auto-spread-check.yaml": 2,
               "auto-retarget-check.yaml": 2, "core-10k.yaml": 84, "auto-clean.yaml": 5,
               "auto-clean-full.yaml": 2, "auto-clean-seeds.yaml": 4, "auto-target6.yaml": 8,
-              "auto-full-check.yaml": 24, "auto-confirmed-10k.yaml": 24}
+              "auto-full-check.yaml": 24, "auto-confirmed-10k.yaml": 24,
+              "auto-confirmed-full.yaml": 12}
     assert {p.name for p in root.glob("*.yaml")} == set(counts)  # a new grid gets a count here
     for name, n in counts.items():
         grid = load_grid(root / name)
