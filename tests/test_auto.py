@@ -424,9 +424,9 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
 
 
 def test_a_target_the_reference_confirms_can_lose_what_it_contradicts(monkeypatch):
-    """add_contradicted="confirmed": once the clean-set model confirmed the named target (step 2c), the target's
-    unflagged samples it contradicts (poison the detectors missed) are removed as well; by default only after it
-    named the target itself, and never for a target SCAn alone confirmed."""
+    """add_contradicted="confirmed" (the default): once the clean-set model confirmed the named target (step 2c),
+    the target's unflagged samples it contradicts (poison the detectors missed) are removed as well; with
+    "retargeted" only after it named the target itself; never for a target SCAn alone confirmed."""
     import cleantrain.defenses.auto as auto_mod
 
     data, det, flagged = label_case()
@@ -437,14 +437,14 @@ def test_a_target_the_reference_confirms_can_lose_what_it_contradicts(monkeypatc
     info = {"detectors": {"scan": {"flagged_classes": [0]}}}
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, info))
     only_flags = [True] * 3 + [False] * 17
-    default = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
-    assert default.info["target_confirmed_by"] == ["reference", "scan"] and "target_contradicted" not in default.info
-    assert default.flagged.tolist() == only_flags
-    got = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, add_contradicted="confirmed"))
+    old = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, add_contradicted="retargeted"))
+    assert old.info["target_confirmed_by"] == ["reference", "scan"] and "target_contradicted" not in old.info
+    assert old.flagged.tolist() == only_flags
+    got = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
     assert got.info["target_contradicted"] == 1 and got.info["n_flagged"] == 4
     assert got.flagged.tolist() == [True] * 3 + [False] * 10 + [True] + [False] * 6  # not label 1's sample
     p[1] = 1.0  # no flag of label 0 contradicted: confirmed by SCAn alone, nothing added
-    scan_only = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, add_contradicted="confirmed"))
+    scan_only = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
     assert scan_only.info["target_confirmed_by"] == ["scan"] and scan_only.flagged.tolist() == only_flags
     with pytest.raises(UserError, match="add_contradicted"):
         defense_settings("auto", {"add_contradicted": "always"})

@@ -76,7 +76,11 @@
    sandals on clean 10 000-image sets, its weak half). Unconfirmed,
    nothing is removed or unlearned and the model is a normal one;
    confirmed by SCAn alone, nothing is unlearned. Measured in
-   docs/results/core.md ("`auto` on clean data").
+   docs/results/core.md ("`auto` on clean data"). Confirmed by the
+   reference, the target's other samples it contradicts are removed as
+   well (`add_contradicted`): poison the detectors missed (WaNet 10 %,
+   full data: 221 of the 349 missed, with 239 clean ones; ASR 5.4 ->
+   3.0 %).
 3. Retrain a fresh model normally on the samples not removed
    (`retrain_kept`, as every detector's defense does).
 4. Unlearn what survived (not after step 2b found a spread attack, which
@@ -182,11 +186,13 @@ class AutoSettings:
     # also flags bags and sandals on clean 10 000-image sets (docs/results/core.md, "`auto` on clean data")
     evidence_share: float = 0.15
     confirm_by: tuple[str, ...] = ("scan",)
-    # when the target label's other samples the reference contradicts are removed as well: "retargeted" = only when
-    # the reference named the target; "confirmed" = also when it confirmed the named target (step 2c). On WaNet 10 %
-    # (full data) the flags missed 349 poison samples of label 0, of which the reference contradicts 221 (and 239
-    # clean ones): docs/results/core.md, "WaNet 10 % at full scale"
-    add_contradicted: Literal["retargeted", "confirmed"] = "retargeted"
+    # when the target label's other samples the reference contradicts are removed as well: "confirmed" = when it named
+    # the target or confirmed the named one (step 2c); "retargeted" = only when it named it (the rule before). The
+    # detectors miss 2.5-6 % of the poison on WaNet / adaptive_patch 10 % (full data) and Blend 10 % (10 000 images),
+    # which the reference mostly contradicts: ASR 5.4 / 6.0 / 13.1 % -> 3.0 / 2.2 / 1.4 %; where the flags held all
+    # the poison (BadNets) the extra ~3.5 % of the target's clean samples cost 0.1-0.7 CA points
+    # (docs/results/core.md, "Poison the flags miss")
+    add_contradicted: Literal["retargeted", "confirmed"] = "confirmed"
     # what is unlearned, and whose fit decides whether to: "contradicted" = the target's removed suspects the clean-set
     # model contradicts (dirty-label poison; all of them when there is no reference), "suspects" = all of them
     unlearn_on: Literal["contradicted", "suspects"] = "contradicted"
