@@ -131,6 +131,24 @@ def test_unknown_detector_and_list_kind(capsys, tmp_path):
     TRIED.append("list widgets")
     code, _, err = run_main(capsys, ["list", "widgets"])  # argparse choices: usage + exit 2
     assert code == 2 and "Traceback" not in err and "invalid choice" in err
+    expect_bad(capsys, ["list", "defenses", "nope"], "unknown defense 'nope'; valid: .*auto")
+
+
+def test_list_one_entry_prints_its_settings_and_defaults(capsys):
+    import dataclasses
+
+    from cleantrain.defenses.auto import AutoSettings
+
+    code, out, _ = run_main(capsys, ["list", "defenses", "auto"])
+    assert code == 0 and out.startswith("auto: ") and "--defense-opt KEY=VALUE" in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines()[2:]}
+    for f in dataclasses.fields(AutoSettings):  # every setting, with its real default
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert f.name in lines and repr(default) in lines[f.name]
+    code, out, _ = run_main(capsys, ["list", "attacks", "badnets"])
+    assert code == 0 and "--attack-opt" in out and "all_to_all" in out
+    code, out, _ = run_main(capsys, ["list", "defenses", "vanilla"])
+    assert code == 0 and "takes no settings" in out
 
 
 # ------------------------------------------------------- rate and target

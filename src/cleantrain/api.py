@@ -408,11 +408,32 @@ def detect(detector: str, cfg: RunConfig, out: str | Path, overwrite: bool = Fal
             "clean_source": prep.clean_source if prep.clean is not None else None, "info": det.info}
 
 
-def list_entries(kind: str) -> list[tuple[str, str]]:
+def _registry(kind: str):
     reg = {"datasets": datasets, "attacks": attacks, "models": models, "defenses": defenses}.get(kind)
     if reg is None:
         raise UserError(f"unknown kind {kind!r}; valid: attacks, datasets, defenses, models")
-    return [(e.key, e.doc) for e in reg.entries()]
+    return reg
+
+
+def list_entries(kind: str) -> list[tuple[str, str]]:
+    return [(e.key, e.doc) for e in _registry(kind).entries()]
+
+
+def entry_settings(kind: str, key: str) -> tuple[str, list[tuple[str, str, Any]]]:
+    """One entry's first doc line and its settings: (name, type, default) for each field of its settings
+    dataclass (none when it takes no settings)."""
+    e = _registry(kind).entry(key)
+    rows = []
+    for f in dataclasses.fields(e.settings) if e.settings is not None else ():
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rows.append((f.name, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)),
+                     default))
+    return e.doc, rows
 
 
 # ---------------------------------------------------------------- bench and report

@@ -60,8 +60,22 @@ def _progress(a) -> bool | None:
 def cmd_list(a) -> int:
     from .api import list_entries
 
-    for key, doc in list_entries(a.kind):
-        print(f"{key:18s} {doc}")
+    if a.key is None:
+        for key, doc in list_entries(a.kind):
+            print(f"{key:18s} {doc}")
+        return 0
+    from .api import entry_settings
+
+    doc, rows = entry_settings(a.kind, a.key)
+    print(doc if doc.lower().startswith(a.key.lower()) else f"{a.key}: {doc}")
+    if not rows:
+        print("takes no settings")
+        return 0
+    flag = {"attacks": "--attack-opt", "defenses": "--defense-opt"}.get(a.kind)
+    print(f"settings ({flag + ' KEY=VALUE, or ' if flag else ''}in a preset's YAML), with their defaults:")
+    width = max(len(name) for name, _, _ in rows)
+    for name, typ, default in rows:
+        print(f"  {name:{width}s}  {default!r:24s}  {typ}")
     return 0
 
 
@@ -177,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cleantrain {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("list", help="list registered datasets, attacks, models or defenses")
+    s = sub.add_parser("list", help="list registered datasets, attacks, models or defenses, or one entry's settings")
     s.add_argument("kind", choices=["datasets", "attacks", "models", "defenses"])
+    s.add_argument("key", nargs="?", help="one entry: print its settings and their defaults")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="(poison and) train with a defense; writes result.json and model.safetensors",
