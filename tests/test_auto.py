@@ -386,6 +386,25 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
     assert got.info["target_confirmed_by"] == ["scan"] and got.flagged.tolist() == [True] * 3 + [False] * 17
     assert res.info["unlearn_skipped"] == "clean-label" and calls == []
     assert run([5], confirm_by=())[0].info["no_attack_found"]
+    # SCAn's own bar (e) flags easy clean classes on small sets: a weakly flagged class (index under confirm_index)
+    # confirms only with some of its suspects contradicted (confirm_share; the reference contradicts none here)
+    index = [0.0] * 10
+    for value, confirmed in ((3.9, False), (10.0, True), (540.7, True)):
+        index[0] = value
+        monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(
+            det.scores, det.flagged, {"detectors": {"scan": {"flagged_classes": [0], "anomaly_index": index}}}))
+        got = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
+        assert got.info["target_confirmed_by"] == (["scan"] if confirmed else []), value
+        assert bool(got.info.get("no_attack_found")) is not confirmed
+    index[0] = 3.9
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, confirm_index=2.0)).info[
+        "target_confirmed_by"] == ["scan"]
+    p[1] = 0.01  # one of label 0's three flags contradicted (33 %): over confirm_share, so the weak flag counts
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, evidence_share=0.5)).info[
+        "target_confirmed_by"] == ["scan"]
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, evidence_share=0.5,
+                                                        confirm_share=0.5)).info["no_attack_found"]
+    p[1] = 1.0
     p[1] = 0.01  # one of the target's three flags contradicted: dirty-label evidence
     got, res = run([])
     assert got.info["target_confirmed_by"] == ["reference"] and got.flagged.tolist() == [True] * 3 + [False] * 17
@@ -421,6 +440,10 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
         defense_settings("auto", {"evidence_share": 1.5})
     with pytest.raises(UserError, match="confirm_by"):
         defense_settings("auto", {"confirm_by": ["vanilla"]})
+    with pytest.raises(UserError, match="confirm_index"):
+        defense_settings("auto", {"confirm_index": -1})
+    with pytest.raises(UserError, match="confirm_share"):
+        defense_settings("auto", {"confirm_share": 2})
 
 
 def test_a_target_the_reference_confirms_can_lose_what_it_contradicts(monkeypatch):

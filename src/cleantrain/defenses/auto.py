@@ -73,7 +73,9 @@
    of only 98 flags), judged before the reference's own
    picks of that label are added, or SCAn's class test flags the label
    (clean-label SIG, 11-15 % contradicted; SCAn also flags bags and
-   sandals on clean 10 000-image sets, its weak half). Unconfirmed,
+   sandals on clean 10 000-image sets, its weak half, so a class it flags
+   with an anomaly index under `confirm_index` needs `confirm_share` of
+   its suspects contradicted as well). Unconfirmed,
    nothing is removed or unlearned and the model is a normal one;
    confirmed by SCAn alone, nothing is unlearned. Measured in
    docs/results/core.md ("`auto` on clean data"). Confirmed by the
@@ -186,6 +188,14 @@ class AutoSettings:
     # also flags bags and sandals on clean 10 000-image sets (docs/results/core.md, "`auto` on clean data")
     evidence_share: float = 0.15
     confirm_by: tuple[str, ...] = ("scan",)
+    # ... but a class it flags only weakly (anomaly index under `confirm_index`, where the detector reports one, as SCAn
+    # does) confirms only when the reference also contradicts at least `confirm_share` of its suspects: SCAn's own bar
+    # (e) lets easy clean classes through on 10 000 images (bags at index 2.8-3.9 with 1.5-1.8 % contradicted, named by
+    # WaNet 1 %'s flags: 579-604 clean bags removed, CA -2.2 to -2.9), while the clean-label targets it confirmed had
+    # index 408-540 (SIG 10 %) or 14.9 % contradicted (SIG 1 %, full data, index 3.4-3.6); the dirty-label targets
+    # pass `evidence_share` anyway (docs/results/core.md, "SCAn's weak confirmations")
+    confirm_index: float = 10.0
+    confirm_share: float = 0.05
     # when the target label's other samples the reference contradicts are removed as well: "confirmed" = when it named
     # the target or confirmed the named one (step 2c); "retargeted" = only when it named it (the rule before). The
     # detectors miss 2.5-6 % of the poison on WaNet / adaptive_patch 10 % (full data) and Blend 10 % (10 000 images),
@@ -238,6 +248,8 @@ class AutoSettings:
             raise UserError(f"auto: 'add_contradicted' is 'retargeted' or 'confirmed', got {self.add_contradicted!r}")
         if not 0 <= self.evidence_share <= 1:
             raise UserError("auto: 'evidence_share' must lie in [0, 1]")
+        if not 0 <= self.confirm_index < float("inf") or not 0 <= self.confirm_share <= 1:
+            raise UserError("auto: 'confirm_index' must be a finite number ≥ 0 and 'confirm_share' lie in [0, 1]")
         for key in self.confirm_by:
             if defenses.get(key).detect is None:
                 raise UserError(f"auto: confirm_by {key!r} is not a detector")
@@ -410,7 +422,7 @@ def confirm_target(flagged: torch.Tensor, contradicted: torch.Tensor, label: int
     mine = flagged & (train.y.cpu() == label)
     share = float(contradicted[mine].float().mean()) if int(mine.sum()) else 0.0
     by = (["reference"] if share >= s.evidence_share else []) + [
-        k for k in s.confirm_by if label in ((info.get("detectors", {}).get(k) or {}).get("flagged_classes") or [])]
+        k for k in s.confirm_by if class_test_confirms(info.get("detectors", {}).get(k) or {}, label, share, s)]
     info.update(target_contradicted_share=round(share, 4), target_confirmed_by=by)
     if by:
         return flagged
@@ -419,6 +431,16 @@ def confirm_target(flagged: torch.Tensor, contradicted: torch.Tensor, label: int
             f"{int(mine.sum())} suspects (< {s.evidence_share:.0%}) and {', '.join(s.confirm_by) or 'no detector'} "
             "does not flag it; no attack found, nothing removed")
     return torch.zeros_like(flagged)
+
+
+def class_test_confirms(det_info: dict[str, Any], label: int, share: float, s: AutoSettings) -> bool:
+    """Whether a class-level detector's result confirms `label`: it flagged the class, strongly (an anomaly index of at
+    least `confirm_index`, where it reports one) or with the clean-set model contradicting `confirm_share` of the
+    label's suspects (`share`)."""
+    if label not in (det_info.get("flagged_classes") or []):
+        return False
+    index = det_info.get("anomaly_index")
+    return index is None or float(index[label]) >= s.confirm_index or share >= s.confirm_share
 
 
 def dominant_suspects(train: ImageData, flagged: torch.Tensor, share: float) -> torch.Tensor:
