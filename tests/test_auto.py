@@ -404,7 +404,6 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
         "target_confirmed_by"] == ["scan"]
     assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, evidence_share=0.5,
                                                         confirm_share=0.5)).info["no_attack_found"]
-    p[1] = 1.0
     p[1] = 0.01  # one of the target's three flags contradicted: dirty-label evidence
     got, res = run([])
     assert got.info["target_confirmed_by"] == ["reference"] and got.flagged.tolist() == [True] * 3 + [False] * 17

@@ -101,7 +101,11 @@ def test_gathered_passes_equal_one_process(launched, single):
 
 def test_ddp_epoch_equals_one_process(launched, single):
     """Without augmentation and with BN in eval mode a gradient does not depend on how a batch is
-    split, so 2 ranks (each half of every batch, gradients all-reduced) must give one process's weights."""
+    split, so 2 ranks (each half of every batch, gradients all-reduced) must give one process's weights, up to
+    float32 rounding. The rounding depends on the CPU's kernels (a half batch takes other convolution code paths):
+    within 1e-5 on an AVX2 Zen 3, up to 0.74 % of how far the weights moved (5e-5) on an AVX-512 Xeon. So each
+    tensor may differ by 1e-5 + 2 % of its own movement; a missing or unaveraged all-reduce differs by the order of
+    the movement itself."""
     from safetensors.torch import load_file
 
     import dist_worker
@@ -114,7 +118,9 @@ def test_ddp_epoch_equals_one_process(launched, single):
     moved = max(float((want[f"w.{k}"] - v).abs().max()) for k, v in init.items())
     assert moved > 1e-3  # training changed the weights, so equality below is not trivial
     for k in init:
-        torch.testing.assert_close(got[f"w.{k}"], want[f"w.{k}"], rtol=1e-4, atol=1e-5, msg=k)
+        a, b = got[f"w.{k}"].float(), want[f"w.{k}"].float()
+        bar = 1e-5 + 0.02 * float((b - init[k].float()).abs().max())
+        assert float((a - b).abs().max()) <= bar, (k, float((a - b).abs().max()), bar)
     assert abs(float(got["fit_loss"]) - float(want["fit_loss"])) < 1e-4
 
 
