@@ -104,8 +104,9 @@ def test_ddp_epoch_equals_one_process(launched, single):
     split, so 2 ranks (each half of every batch, gradients all-reduced) must give one process's weights, up to
     float32 rounding. The rounding depends on the CPU's kernels (a half batch takes other convolution code paths):
     within 1e-5 on an AVX2 Zen 3, up to 0.74 % of how far the weights moved (5e-5) on an AVX-512 Xeon. So each
-    tensor may differ by 1e-5 + 2 % of its own movement; a missing or unaveraged all-reduce differs by the order of
-    the movement itself."""
+    tensor may differ by 1e-5 + 2 % of its own movement. Simulated in one process (2026-12-02), the bugs this test is
+    for exceed that bar on every tensor training moves: gradients summed instead of averaged (2x lr) by >= 25x,
+    no all-reduce (each rank's half of the batches only) by >= 12x."""
     from safetensors.torch import load_file
 
     import dist_worker
