@@ -83,6 +83,13 @@ def test_union_flags_what_any_detector_flags(poisoned):
     assert torch.equal(same.flagged, union.flagged) and "rank_flags" not in same.info  # share ≥ widen_below
 
 
+def as_probs(given, y, k=10):
+    """A reference's class probabilities with `given` on each sample's given label, the rest spread evenly."""
+    probs = ((1 - given) / (k - 1)).unsqueeze(1).repeat(1, k)
+    probs[torch.arange(len(y)), y] = given
+    return probs
+
+
 def label_case():
     from cleantrain.data.core import ImageData
 
@@ -146,7 +153,7 @@ def test_spread_labels_remove_what_the_clean_model_contradicts(monkeypatch):
     p = torch.ones(20)
     p[[0, 1, 2, 3, 4, 5, 6, 7]] = 0.01
     p[[15]] = 0.01  # an unflagged label-1 sample: label 1 has no flags, so it is not a spread label itself
-    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: as_probs(p, train.y))
     got = auto_mod.detect_auto(data, ctx, s)
     assert got.info["spread_labels"] == [6] and got.info["spread_removed"] == 6
     assert got.info["contradicted_flag_share"][6] == 0.625 and got.info["contradicted_flag_share"][1] is None
@@ -180,7 +187,7 @@ def test_the_reference_corrects_a_clean_named_target(monkeypatch):
     ctx = context(data, clean=data)
     p = torch.ones(20)
     p[[3, 4, 5, 6, 7]] = 0.01  # 5 of label 6's 8 flags
-    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: as_probs(p, train.y))
     got = auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3))
     assert (got.info["target_label"], got.info["retargeted_from"], got.info["spread_labels"]) == (6, 0, [])
     assert got.flagged.tolist() == [False] * 3 + [True] * 8 + [False] * 9
@@ -216,13 +223,13 @@ def test_reference_model_contradicts_flipped_labels(small):
     """The clean-set model (200 clean test images, never the poison) gives the given label of all-to-all BadNets
     poison (y -> y + 1) little probability, and that of clean training samples mostly not (measured: 95 % / 6 %)."""
     from cleantrain.data.core import POISON
-    from cleantrain.defenses.auto import reference_given_prob
+    from cleantrain.defenses.auto import given_prob, reference_probs
 
     train, test = small
     sub = train.head(1200, seed=4)
     pd = make_attack("badnets", {"all_to_all": True}, sub.shape, sub.num_classes).poison(sub, 0.25, 0, seed=4)
     ctx = context(pd.data, test.head(200, seed=2))
-    p = reference_given_prob(pd.data, ctx, 30)
+    p = given_prob(reference_probs(pd.data, ctx, 30), pd.data)
     poison = pd.kind.cpu() == POISON
     contradicted = p < AutoSettings().contradict_below
     assert p.shape == (1200,) and float(contradicted[poison].float().mean()) > 0.8
@@ -366,7 +373,7 @@ def test_an_unconfirmed_target_removes_nothing(monkeypatch):
     data, det, flagged = label_case()
     ctx = context(data, clean=data)
     p = torch.ones(20)  # the reference contradicts nothing
-    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: as_probs(p, train.y))
     monkeypatch.setattr(auto_mod, "retrain_kept", lambda train, ctx, d: DefenseResult(None, d.scores, d.flagged, [],
                                                                                       d.info))
     calls = []
@@ -455,7 +462,7 @@ def test_a_target_the_reference_confirms_can_lose_what_it_contradicts(monkeypatc
     ctx = context(data, clean=data)
     p = torch.ones(20)
     p[[1, 13, 16]] = 0.01  # one of label 0's flags, an unflagged 0 and an unflagged 1
-    monkeypatch.setattr(auto_mod, "reference_given_prob", lambda train, ctx, epochs: p)
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: as_probs(p, train.y))
     info = {"detectors": {"scan": {"flagged_classes": [0]}}}
     monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, info))
     only_flags = [True] * 3 + [False] * 17

@@ -187,6 +187,14 @@ class AutoSettings:
     # 11-15 % (SIG, which SCAn flags), clean or wrongly named ones 2-12 % (one clean subset: 30 % of 98 flags); SCAn
     # also flags bags and sandals on clean 10 000-image sets (docs/results/core.md, "`auto` on clean data")
     evidence_share: float = 0.15
+    # ... or the reference contradicts the label's samples, flagged or not, in favour of unrelated classes far more
+    # often than any other label's (`far_target`, step 2a; it also names the target when the flags named another
+    # label): "unrelated" = the reference's mean probability between the two classes under `far_below` (0 = no
+    # check); the label needs an anomaly index of at least `far_index` and `far_min` such samples. Clean sets gave
+    # indices up to 3.5, dirty-label targets at 1-10 % 11.4-179 (docs/results/core.md, "far contradictions")
+    far_below: float = 0.01
+    far_index: float = 6.0
+    far_min: int = 20
     confirm_by: tuple[str, ...] = ("scan",)
     # ... but a class it flags only weakly (anomaly index under `confirm_index`, where the detector reports one, as SCAn
     # does) confirms only when the reference also contradicts at least `confirm_share` of its suspects: SCAn's own bar
@@ -246,6 +254,8 @@ class AutoSettings:
             raise UserError("auto: 'contradict_below' must lie in (0, 1) and 'spread_share' in (0, 1]")
         if self.add_contradicted not in ("retargeted", "confirmed"):
             raise UserError(f"auto: 'add_contradicted' is 'retargeted' or 'confirmed', got {self.add_contradicted!r}")
+        if not 0 <= self.far_below < 1 or not 0 <= self.far_index < float("inf") or self.far_min < 1:
+            raise UserError("auto: 'far_below' must lie in [0, 1), 'far_index' be a finite number ≥ 0, 'far_min' ≥ 1")
         if not 0 <= self.evidence_share <= 1:
             raise UserError("auto: 'evidence_share' must lie in [0, 1]")
         if not 0 <= self.confirm_index < float("inf") or not 0 <= self.confirm_share <= 1:
@@ -315,12 +325,47 @@ def target_label(train: ImageData, det: Detection, share: float) -> tuple[int, f
     return int(counts.argmax()), float(counts.max()) / int(top.sum())
 
 
-def reference_given_prob(train: ImageData, ctx: DefenseContext, epochs: int) -> torch.Tensor:
-    """For every training sample, the probability a model trained normally on the reserved clean set alone (which
-    never saw the poison) gives its given label."""
+def reference_probs(train: ImageData, ctx: DefenseContext, epochs: int) -> torch.Tensor:
+    """For every training sample, the class probabilities (N × classes) of a model trained normally on the reserved
+    clean set alone, which never saw the poison."""
     model, _ = normal_fit(ctx.need_clean("auto's all-to-all check"), ctx, epochs, desc="reference", evaluate=False)
-    p = ctx.trainer.logits(model, train).float().softmax(1).cpu()
-    return p[torch.arange(len(train)), train.y.cpu()]
+    return ctx.trainer.logits(model, train).float().softmax(1).cpu()
+
+
+def given_prob(probs: torch.Tensor, train: ImageData) -> torch.Tensor:
+    """The probability each sample's given label gets."""
+    return probs[torch.arange(len(train)), train.y.cpu()]
+
+
+def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tuple[int, list[int], list[float]]:
+    """Step 2a: the label whose samples the clean-set model contradicts in favour of *unrelated* classes far more
+    often than any other label's, with every label's count of such "far" contradictions and its anomaly index
+    ((count - median) / (1.4826 × MAD), the MAD at least 1); -1 when no label reaches `far_index` and `far_min`.
+
+    Two classes are related when the reference, on the training samples it agrees with, gives the other one at
+    least `far_below` on average (both ways, averaged): T-shirt and shirt are, T-shirt and sneaker are not. A clean
+    sample the reference contradicts is a hard one, and it goes to a related class; an all-to-one attack's
+    dirty-label poison is images of every other class labelled with the target, and the reference calls them by
+    their own class, related or not. Measured (docs/results/core.md, "Poison the flags miss: far contradictions"):
+    on 12 clean sets (10 000 and 60 000 images, SIG's clean-label poison included) the highest label's index was
+    0.9-3.5, on the 17 dirty-label sets at 1 % and 10 % the target's 11.4-179.3; at 1 % on adaptive_blend, where the
+    flags held none of the target's poison, 71 far contradictions of label 0 against at most 16 of another label."""
+    y = train.y.cpu()
+    pred = probs.argmax(1)
+    contradicted = given_prob(probs, train) < s.contradict_below
+    agree = pred == y
+    k = probs.shape[1]
+    related = torch.stack([probs[agree & (y == c)].mean(0) if bool((agree & (y == c)).any()) else torch.zeros(k)
+                           for c in range(k)])
+    related = (related + related.T) / 2
+    far = contradicted & (related[y, pred] < s.far_below)
+    counts = torch.bincount(y[far], minlength=k).double()
+    med = counts.median()
+    mad = max(1.4826 * float((counts - med).abs().median()), 1.0)
+    index = (counts - med) / mad
+    best = int(counts.argmax())
+    label = best if float(index[best]) >= s.far_index and counts[best] >= s.far_min else -1
+    return label, counts.long().tolist(), [round(float(v), 2) for v in index]
 
 
 def contradicted_shares(train: ImageData, flagged: torch.Tensor, contradicted: torch.Tensor,
@@ -367,7 +412,8 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
     union, y = det.flagged.cpu().bool(), train.y.cpu()
     contradicted, spread = None, []
     if s.reference_epochs > 0 and ctx.clean is not None:
-        contradicted = reference_given_prob(train, ctx, s.reference_epochs) < s.contradict_below
+        probs = reference_probs(train, ctx, s.reference_epochs)
+        contradicted = given_prob(probs, train) < s.contradict_below
         shares = contradicted_shares(train, union, contradicted, s)
         counts = torch.bincount(y[union & contradicted], minlength=train.num_classes).tolist()
         spread = [c for c in heavy_labels(shares, s) if c != label]
@@ -379,6 +425,14 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
                         f"of label {label}: label {named} is the target")
                 info.update(target_label=named, retargeted_from=label)
                 label = named
+            if s.far_below > 0:
+                far, far_counts, far_index = far_target(probs, train, s)
+                info.update(far_contradicted=far_counts, far_index=far_index, far_target=far)
+                if far >= 0 and far != label:
+                    ctx.log(f"the clean-set model calls {far_counts[far]} samples of label {far} by an unrelated "
+                            f"class (anomaly index {far_index[far]:.1f}): label {far} is the target")
+                    info.update(target_label=far, retargeted_from=info.get("retargeted_from", label))
+                    label = far
         info.update(contradicted_flag_share=shares, contradicted_flags=counts, spread_labels=spread)
     flagged = union
     # with the clean-set model's confirmation (step 2c) a top tenth under `target_purity` still names the candidate:
@@ -421,7 +475,7 @@ def confirm_target(flagged: torch.Tensor, contradicted: torch.Tensor, label: int
     poison the clean-set model contradicts (dirty-label) or a class a class-level test singles out (clean-label)."""
     mine = flagged & (train.y.cpu() == label)
     share = float(contradicted[mine].float().mean()) if int(mine.sum()) else 0.0
-    by = (["reference"] if share >= s.evidence_share else []) + [
+    by = (["reference"] if share >= s.evidence_share or info.get("far_target") == label else []) + [
         k for k in s.confirm_by if class_test_confirms(info.get("detectors", {}).get(k) or {}, label, share, s)]
     info.update(target_contradicted_share=round(share, 4), target_confirmed_by=by)
     if by:
