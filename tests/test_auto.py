@@ -477,3 +477,69 @@ def test_a_target_the_reference_confirms_can_lose_what_it_contradicts(monkeypatc
     assert scan_only.info["target_confirmed_by"] == ["scan"] and scan_only.flagged.tolist() == only_flags
     with pytest.raises(UserError, match="add_contradicted"):
         defense_settings("auto", {"add_contradicted": "always"})
+
+
+def far_case(poison: int):
+    """Four classes in two related pairs (0-1, 2-3): 100 samples of each the reference agrees with, giving the partner
+    class 0.1; 10 hard samples of each it calls by the partner; `poison` samples labelled 0 it calls class 2 or 3."""
+    from cleantrain.data.core import ImageData
+
+    rows, y = [], []
+    for c in range(4):
+        partner = c ^ 1
+        easy, hard = torch.zeros(4), torch.zeros(4)
+        easy[c], easy[partner] = 0.9, 0.1
+        hard[c], hard[partner] = 0.01, 0.99
+        rows += [easy] * 100 + [hard] * 10
+        y += [c] * 110
+    for i in range(poison):
+        p = torch.zeros(4)
+        p[0], p[2 + i % 2] = 0.01, 0.99
+        rows.append(p)
+        y.append(0)
+    data = ImageData(torch.zeros(len(y), 1, 4, 4, dtype=torch.uint8), torch.tensor(y), ("a", "b", "c", "d"))
+    return torch.stack(rows), data
+
+
+def test_far_contradictions_name_the_label_whose_samples_are_called_by_unrelated_classes():
+    from cleantrain.defenses.auto import far_target
+
+    s = AutoSettings()
+    probs, data = far_case(0)  # clean: every label's hard samples go to the related class, none is "far"
+    assert far_target(probs, data, s) == (-1, [0, 0, 0, 0], [0.0] * 4)
+    probs, data = far_case(30)
+    label, counts, index = far_target(probs, data, s)
+    assert (label, counts) == (0, [30, 0, 0, 0]) and index[0] == 30.0
+    assert far_target(probs, data, AutoSettings(far_min=31))[0] == -1  # too few
+    assert far_target(probs, data, AutoSettings(far_index=31.0))[0] == -1  # not singled out enough
+    # with the bar above the pairs' 0.1 (both ways), the hard samples count as far too: every label has ten
+    wide = far_target(probs, data, AutoSettings(far_below=0.2))
+    assert wide[1] == [40, 10, 10, 10] and wide[0] == 0 and wide[2][1] == 0.0
+    for bad in ({"far_below": 1.0}, {"far_index": -1}, {"far_index": float("inf")}, {"far_min": 0}):
+        with pytest.raises(UserError, match="far_"):
+            defense_settings("auto", bad)
+
+
+def test_a_far_target_without_flags_loses_what_the_reference_contradicts(monkeypatch):
+    """Step 2a: the flags name label 0 and the reference contradicts none of them, but it calls label 1's five
+    unflagged samples by an unrelated class: label 1 is the target, confirmed by the reference, and those five are
+    removed while the other labels' flags are kept."""
+    import cleantrain.defenses.auto as auto_mod
+
+    data, det, flagged = label_case()
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    ctx = context(data, clean=data)
+    probs = as_probs(torch.ones(20), data.y)
+    probs[15:] = 0.0
+    probs[15:, 1], probs[15:, 9] = 0.01, 0.99
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: probs)
+    s = AutoSettings(spread_min_flags=3, far_index=4.0, far_min=5)
+    got = auto_mod.detect_auto(data, ctx, s)
+    assert (got.info["target_label"], got.info["retargeted_from"], got.info["far_target"]) == (1, 0, 1)
+    assert got.info["far_contradicted"] == [0, 5] + [0] * 8 and got.info["target_confirmed_by"] == ["reference"]
+    assert got.flagged.tolist() == [False] * 15 + [True] * 5 and got.info["target_contradicted"] == 5
+    # far_min over the count, or the check off: label 0 stays, unconfirmed (none of its flags contradicted)
+    for off in (AutoSettings(spread_min_flags=3, far_index=4.0, far_min=6), AutoSettings(spread_min_flags=3,
+                                                                                          far_below=0)):
+        kept = auto_mod.detect_auto(data, ctx, off)
+        assert kept.info["target_label"] == 0 and kept.info["no_attack_found"] and kept.flagged.sum() == 0

@@ -64,6 +64,18 @@
    the target, whose hard T-shirts the reference contradicts as well
    (only 70 of the 600 poison images were contradicted), which a target
    class with few hard samples would not give.
+2a. Far contradictions (`far_target`; checked after step 2b, on the
+   same model): the flags can miss the target altogether (adaptive_blend
+   1 % at 10 000 images: none of the target's poison among them, ASR
+   67.6 %). The reference calls a clean sample it contradicts by a related
+   class (shirt for T-shirt), but an all-to-one attack's poison by its own
+   class, which is mostly unrelated to the target (sneaker for T-shirt).
+   A label with many more such "far" contradictions than the others
+   (anomaly index ≥ `far_index`, ≥ `far_min` samples) is the target,
+   confirmed by the reference; its contradicted samples are removed as in
+   step 2b. Clean sets and clean-label SIG gave indices of 0.9-3.5, the
+   dirty-label targets at 1-10 % 11.4-179 (docs/results/core.md, "Poison
+   the flags miss: far contradictions").
 2c. Confirm the target (all-to-one, `evidence_share`, `confirm_by`): the
    flags crowd into one label on clean data too (the hardest class: on a
    clean 10 000-image set, 544 shirts), so that label's suspects are
