@@ -203,7 +203,7 @@ class AutoSettings:
     # often than any other label's (`far_target`, step 2a; it also names the target when the flags named another
     # label): "unrelated" = the reference's mean probability between the two classes under `far_below` (0 = no
     # check); the label needs an anomaly index of at least `far_index` and `far_min` such samples. Clean sets gave
-    # indices up to 3.6 (SIG 10 %), dirty-label targets at 1-10 % 11.4-179 (docs/results/core.md, "far contradictions")
+    # indices up to 3.6 (SIG 10 %), dirty-label targets at 1-10 % 11.4-224 (docs/results/core.md, "far contradictions")
     far_below: float = 0.01
     far_index: float = 6.0
     far_min: int = 20
