@@ -507,14 +507,14 @@ def test_far_contradictions_name_the_label_whose_samples_are_called_by_unrelated
     s = AutoSettings()
     probs, data = far_case(0)  # clean: every label's hard samples go to the related class, none is "far"
     assert far_target(probs, data, s) == (-1, [0, 0, 0, 0], [0.0] * 4)
-    probs, data = far_case(30)
+    probs, data = far_case(50)
     label, counts, index = far_target(probs, data, s)
-    assert (label, counts) == (0, [30, 0, 0, 0]) and index[0] == 30.0
-    assert far_target(probs, data, AutoSettings(far_min=31))[0] == -1  # too few
-    assert far_target(probs, data, AutoSettings(far_index=31.0))[0] == -1  # not singled out enough
+    assert (label, counts) == (0, [50, 0, 0, 0]) and index[0] == 50.0
+    assert far_target(probs, data, AutoSettings(far_min=51))[0] == -1  # too few
+    assert far_target(probs, data, AutoSettings(far_index=51.0))[0] == -1  # not singled out enough
     # with the bar above the pairs' 0.1 (both ways), the hard samples count as far too: every label has ten
     wide = far_target(probs, data, AutoSettings(far_below=0.2))
-    assert wide[1] == [40, 10, 10, 10] and wide[0] == 0 and wide[2][1] == 0.0
+    assert wide[1] == [60, 10, 10, 10] and wide[0] == 0 and wide[2][1] == 0.0
     for bad in ({"far_below": 1.0}, {"far_index": -1}, {"far_index": float("inf")}, {"far_min": 0}):
         with pytest.raises(UserError, match="far_"):
             defense_settings("auto", bad)
