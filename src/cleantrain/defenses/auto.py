@@ -74,9 +74,9 @@
    (anomaly index ≥ `far_index`, ≥ `far_min` samples) is the target,
    confirmed by the reference; its contradicted samples are removed as in
    step 2b. Clean sets and clean-label SIG gave indices of 0.9-8.1 with
-   at most 20 such samples (10 000 images), the dirty-label targets at
-   1-10 % 11.4-224 with 57-677 (docs/results/core.md, "Poison the flags
-   miss: far contradictions").
+   at most 20 such samples (10 000 images; the 8.1 had 16, hence
+   `far_min` 40), the dirty-label targets at 1-10 % 11.4-224 with 57-677
+   (docs/results/core.md, "Poison the flags miss: far contradictions").
 2c. Confirm the target (all-to-one, `evidence_share`, `confirm_by`): the
    flags crowd into one label on clean data too (the hardest class: on a
    clean 10 000-image set, 544 shirts), so that label's suspects are
@@ -203,10 +203,8 @@ class AutoSettings:
     # ... or the reference contradicts the label's samples, flagged or not, in favour of unrelated classes far more
     # often than any other label's (`far_target`, step 2a; it also names the target when the flags named another
     # label): "unrelated" = the reference's mean probability between the two classes under `far_below` (0 = no
-    # check); the label needs an anomaly index of at least `far_index` and `far_min` such samples. Dirty-label
-    # targets at 1-10 % gave indices of 11.4-224 and 57-677 samples (10 000 images); clean sets up to index 3.6
-    # (SIG 10 %), but two clean 10 000-image subsets of `cleantrain train` gave 5.1 with 20 samples and 8.1 with 16,
-    # hence the count bar (docs/results/core.md, "Poison the flags miss: far contradictions")
+    # check); the label needs an anomaly index of at least `far_index` and `far_min` such samples (measured: the
+    # module docstring, step 2a)
     far_below: float = 0.01
     far_index: float = 6.0
     far_min: int = 40
@@ -361,19 +359,14 @@ def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tupl
     least `far_below` on average (both ways, averaged): T-shirt and shirt are, T-shirt and sneaker are not. A clean
     sample the reference contradicts is a hard one, and it goes to a related class; an all-to-one attack's
     dirty-label poison is images of every other class labelled with the target, and the reference calls them by
-    their own class, related or not. Measured (docs/results/core.md, "Poison the flags miss: far contradictions"):
-    on 12 clean sets (10 000 and 60 000 images, SIG's clean-label poison included) the highest label's index was
-    0.9-3.5 (3.6 for SIG 10 % on the 36c21a9 grid; two clean subsets of `cleantrain train` later gave 5.1 and 8.1,
-    with 20 and 16 samples: hence `far_min`), on the 17 dirty-label sets at 1 % and 10 % the target's
-    11.4-179.3; at 1 % on adaptive_blend, where the flags held none of the target's poison, 71 far contradictions
-    of label 0 against at most 16 of another label."""
+    their own class, related or not. The bars and the numbers behind them: the module docstring, step 2a."""
     y = train.y.cpu()
     pred = probs.argmax(1)
     contradicted = given_prob(probs, train) < s.contradict_below
     agree = pred == y
     k = probs.shape[1]
-    related = torch.stack([probs[agree & (y == c)].mean(0) if bool((agree & (y == c)).any()) else torch.zeros(k)
-                           for c in range(k)])
+    seen = torch.bincount(y[agree], minlength=k).clamp(min=1).unsqueeze(1)  # a label it never agrees with: zeros
+    related = torch.zeros(k, k, dtype=probs.dtype).index_add_(0, y[agree], probs[agree]) / seen
     related = (related + related.T) / 2
     far = contradicted & (related[y, pred] < s.far_below)
     counts = torch.bincount(y[far], minlength=k).double()
