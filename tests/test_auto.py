@@ -543,3 +543,35 @@ def test_a_far_target_without_flags_loses_what_the_reference_contradicts(monkeyp
                                                                                           far_below=0)):
         kept = auto_mod.detect_auto(data, ctx, off)
         assert kept.info["target_label"] == 0 and kept.info["no_attack_found"] and kept.flagged.sum() == 0
+
+
+def test_the_reference_confirms_only_contradictions_in_favour_of_unrelated_classes(monkeypatch):
+    """Step 2c's `far_share`: the flags hold label 0's hard samples, which the reference calls by the related class
+    1 (clean confusion: 100 % of the flags contradicted, none far), so label 0 is not confirmed and nothing is
+    removed; with 50 poison samples it calls class 2 or 3 as well, 50 of the 60 contradicted flags are far and the
+    target is confirmed. far_share=0 (or far_below=0) confirms on the contradicted share alone, as before."""
+    import cleantrain.defenses.auto as auto_mod
+
+    def run(poison: int, **kw):
+        probs, data = far_case(poison)
+        flags = torch.zeros(len(data), dtype=torch.bool)
+        flags[100:110] = True  # label 0's hard samples
+        flags[440:] = True  # the poison
+        det = Detection(flags.float(), flags, {})
+        monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: det)
+        monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: probs)
+        return auto_mod.detect_auto(data, context(data, clean=data), AutoSettings(far_min=1000, **kw))
+
+    clean = run(0)
+    assert clean.info["target_label"] == 0 and clean.info["target_contradicted_share"] == 1.0
+    assert clean.info["target_far_share"] == 0.0 and clean.info["no_attack_found"] and clean.flagged.sum() == 0
+    for off in ({"far_share": 0.0}, {"far_below": 0.0}):
+        old = run(0, **off)
+        assert old.info["target_confirmed_by"] == ["reference"] and old.flagged[100:110].all()
+    poisoned = run(50)
+    assert poisoned.info["far_target"] == -1 and poisoned.info["target_far_share"] == round(50 / 60, 4)
+    assert poisoned.info["target_confirmed_by"] == ["reference"] and poisoned.flagged[440:].all()
+    assert run(50, far_share=0.9).info["no_attack_found"]  # 83 % far is under a 90 % bar
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match="far_share"):
+            defense_settings("auto", {"far_share": bad})

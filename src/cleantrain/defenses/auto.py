@@ -83,7 +83,11 @@
    removed only when the reference contradicts at least 15 % of them
    (dirty-label poison; 29-87 % on the grid's right targets, 2-12 % on
    clean data and wrongly named labels, though one clean subset gave 30 %
-   of only 98 flags), judged before the reference's own
+   of only 98 flags) and at least `far_share` (30 %) of those it contradicts
+   go to an unrelated class (step 2a's "far" ones; on the 10 000-image grid
+   the dirty-label targets' contradicted flags were 53-92 % far, coats
+   named on SIG 1 % 11 %: 37 contradicted flags, 15.02 % of its suspects,
+   which had removed 288 clean coats), judged before the reference's own
    picks of that label are added, or SCAn's class test flags the label
    (clean-label SIG, 11-15 % contradicted; SCAn also flags bags and
    sandals on clean 10 000-image sets, its weak half, so a class it flags
@@ -208,6 +212,10 @@ class AutoSettings:
     far_below: float = 0.01
     far_index: float = 6.0
     far_min: int = 40
+    # ... and `evidence_share` confirms only when at least `far_share` of the suspects the reference contradicts go to
+    # a class unrelated to the label (dirty-label poison comes from every class; a hard clean sample's confusion is
+    # with a related one); 0 = no such check, as with far_below = 0
+    far_share: float = 0.3
     confirm_by: tuple[str, ...] = ("scan",)
     # ... but a class it flags only weakly (anomaly index under `confirm_index`, where the detector reports one, as SCAn
     # does) confirms only when the reference also contradicts at least `confirm_share` of its suspects: SCAn's own bar
@@ -269,8 +277,8 @@ class AutoSettings:
             raise UserError(f"auto: 'add_contradicted' is 'retargeted' or 'confirmed', got {self.add_contradicted!r}")
         if not 0 <= self.far_below < 1 or not 0 <= self.far_index < float("inf") or self.far_min < 1:
             raise UserError("auto: 'far_below' must lie in [0, 1), 'far_index' be a finite number ≥ 0, 'far_min' ≥ 1")
-        if not 0 <= self.evidence_share <= 1:
-            raise UserError("auto: 'evidence_share' must lie in [0, 1]")
+        if not 0 <= self.evidence_share <= 1 or not 0 <= self.far_share <= 1:
+            raise UserError("auto: 'evidence_share' and 'far_share' must lie in [0, 1]")
         if not 0 <= self.confirm_index < float("inf") or not 0 <= self.confirm_share <= 1:
             raise UserError("auto: 'confirm_index' must be a finite number ≥ 0 and 'confirm_share' lie in [0, 1]")
         for key in self.confirm_by:
@@ -350,26 +358,30 @@ def given_prob(probs: torch.Tensor, train: ImageData) -> torch.Tensor:
     return probs[torch.arange(len(train)), train.y.cpu()]
 
 
-def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tuple[int, list[int], list[float]]:
-    """Step 2a: the label whose samples the clean-set model contradicts in favour of *unrelated* classes far more
-    often than any other label's, with every label's count of such "far" contradictions and its anomaly index
-    ((count - median) / (1.4826 × MAD), the MAD at least 1); -1 when no label reaches `far_index` and `far_min`.
-
-    Two classes are related when the reference, on the training samples it agrees with, gives the other one at
-    least `far_below` on average (both ways, averaged): T-shirt and shirt are, T-shirt and sneaker are not. A clean
-    sample the reference contradicts is a hard one, and it goes to a related class; an all-to-one attack's
-    dirty-label poison is images of every other class labelled with the target, and the reference calls them by
-    their own class, related or not. The bars and the numbers behind them: the module docstring, step 2a."""
+def far_contradicted(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> torch.Tensor:
+    """The samples the clean-set model contradicts (given label < `contradict_below`) in favour of a class unrelated
+    to their label: two classes are related when the model, on the training samples it agrees with, gives the other
+    one at least `far_below` on average (both ways, averaged)."""
     y = train.y.cpu()
     pred = probs.argmax(1)
-    contradicted = given_prob(probs, train) < s.contradict_below
     agree = pred == y
     k = probs.shape[1]
     seen = torch.bincount(y[agree], minlength=k).clamp(min=1).unsqueeze(1)  # a label it never agrees with: zeros
     related = torch.zeros(k, k, dtype=probs.dtype).index_add_(0, y[agree], probs[agree]) / seen
     related = (related + related.T) / 2
-    far = contradicted & (related[y, pred] < s.far_below)
-    counts = torch.bincount(y[far], minlength=k).double()
+    return (given_prob(probs, train) < s.contradict_below) & (related[y, pred] < s.far_below)
+
+
+def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tuple[int, list[int], list[float]]:
+    """Step 2a: the label whose samples the clean-set model contradicts in favour of *unrelated* classes far more
+    often than any other label's, with every label's count of such "far" contradictions and its anomaly index
+    ((count - median) / (1.4826 × MAD), the MAD at least 1); -1 when no label reaches `far_index` and `far_min`.
+
+    Related classes (`far_contradicted`): T-shirt and shirt are, T-shirt and sneaker are not. A clean
+    sample the reference contradicts is a hard one, and it goes to a related class; an all-to-one attack's
+    dirty-label poison is images of every other class labelled with the target, and the reference calls them by
+    their own class, related or not. The bars and the numbers behind them: the module docstring, step 2a."""
+    counts = torch.bincount(train.y.cpu()[far_contradicted(probs, train, s)], minlength=probs.shape[1]).double()
     med = counts.median()
     mad = max(1.4826 * float((counts - med).abs().median()), 1.0)
     index = (counts - med) / mad
@@ -420,10 +432,11 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
     label, purity = target_label(train, det, s.top_share)
     info = {**det.info, "target_label": label, "target_purity": round(purity, 4)}
     union, y = det.flagged.cpu().bool(), train.y.cpu()
-    contradicted, spread = None, []
+    contradicted, far_mask, spread = None, None, []
     if s.reference_epochs > 0 and ctx.clean is not None:
         probs = reference_probs(train, ctx, s.reference_epochs)
         contradicted = given_prob(probs, train) < s.contradict_below
+        far_mask = far_contradicted(probs, train, s) if s.far_below > 0 else None
         shares = contradicted_shares(train, union, contradicted, s)
         counts = torch.bincount(y[union & contradicted], minlength=train.num_classes).tolist()
         spread = [c for c in heavy_labels(shares, s) if c != label]
@@ -460,7 +473,7 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         ctx.log(f"target label {label} ({why}): {info['kept_other_labels']} flags of other labels kept, "
                 f"{info['target_widened']} more of label {label} flagged by rank")
     if one_target and confirm and not spread:  # judged on the label's flags, before the reference adds its own
-        flagged = confirm_target(flagged, contradicted, label, train, info, ctx, s)
+        flagged = confirm_target(flagged, contradicted, far_mask, label, train, info, ctx, s)
     by_reference = "reference" in info.get("target_confirmed_by", []) and s.add_contradicted == "confirmed"
     if ("retargeted_from" in info or by_reference) and not info.get("no_attack_found"):
         # the reference named (or confirmed) the target: what it contradicts there is the poison
@@ -478,21 +491,30 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
     return Detection(det.scores, flagged, info, {"contradicted": contradicted} if contradicted is not None else {})
 
 
-def confirm_target(flagged: torch.Tensor, contradicted: torch.Tensor, label: int, train: ImageData,
-                   info: dict[str, Any], ctx: DefenseContext, s: AutoSettings) -> torch.Tensor:
+def confirm_target(flagged: torch.Tensor, contradicted: torch.Tensor, far: torch.Tensor | None, label: int,
+                   train: ImageData, info: dict[str, Any], ctx: DefenseContext, s: AutoSettings) -> torch.Tensor:
     """Step 2c: the flags to remove if the target is confirmed (by the reference's contradiction or a class-level
     detector), else none. Hard clean samples crowd into one label's flags on clean data too; what an attack adds is
-    poison the clean-set model contradicts (dirty-label) or a class a class-level test singles out (clean-label)."""
+    poison the clean-set model contradicts, mostly in favour of unrelated classes (dirty-label), or a class a
+    class-level test singles out (clean-label). `far`: the samples it contradicts in favour of an unrelated class
+    (`far_contradicted`; None: not checked)."""
     mine = flagged & (train.y.cpu() == label)
     share = float(contradicted[mine].float().mean()) if int(mine.sum()) else 0.0
-    by = (["reference"] if share >= s.evidence_share or info.get("far_target") == label else []) + [
+    against = mine & contradicted
+    far_share = float(far[against].float().mean()) if far is not None and int(against.sum()) else None
+    evidence = share >= s.evidence_share and (far_share is None or far_share >= s.far_share)
+    by = (["reference"] if evidence or info.get("far_target") == label else []) + [
         k for k in s.confirm_by if class_test_confirms(info.get("detectors", {}).get(k) or {}, label, share, s)]
     info.update(target_contradicted_share=round(share, 4), target_confirmed_by=by)
+    if far_share is not None:
+        info["target_far_share"] = round(far_share, 4)
     if by:
         return flagged
     info["no_attack_found"] = True
+    why = (f"{far_share:.0%} of them in favour of an unrelated class (< {s.far_share:.0%})"
+           if share >= s.evidence_share else f"< {s.evidence_share:.0%}")
     ctx.log(f"target label {label} not confirmed: the clean-set model contradicts {share:.0%} of its "
-            f"{int(mine.sum())} suspects (< {s.evidence_share:.0%}) and {', '.join(s.confirm_by) or 'no detector'} "
+            f"{int(mine.sum())} suspects ({why}) and {', '.join(s.confirm_by) or 'no detector'} "
             "does not flag it; no attack found, nothing removed")
     return torch.zeros_like(flagged)
 
