@@ -84,10 +84,12 @@
    (dirty-label poison; 29-87 % on the grid's right targets, 2-12 % on
    clean data and wrongly named labels, though one clean subset gave 30 %
    of only 98 flags) and at least `far_share` (30 %) of those it contradicts
-   go to an unrelated class (step 2a's "far" ones; on the 10 000-image grid
-   the dirty-label targets' contradicted flags were 53-92 % far, coats
-   named on SIG 1 % 11 %: 37 contradicted flags, 15.02 % of its suspects,
-   which had removed 288 clean coats), judged before the reference's own
+   go to an unrelated class (step 2a's "far" ones: 53-73 % on the 10 000-
+   image grid's dirty-label targets, 33 % for Blend 1 % against shirts, whose
+   poison comes partly from related classes; the labels wrongly named and
+   over 15 % contradicted had 0-4 % on two clean sets (shirts), 11 % on SIG
+   1 % (coats, 288 clean removed before) and 26 % on SIG 1 % against shirts
+   (T-shirts)), judged before the reference's own
    picks of that label are added, or SCAn's class test flags the label
    (clean-label SIG, 11-15 % contradicted; SCAn also flags bags and
    sandals on clean 10 000-image sets, its weak half, so a class it flags
