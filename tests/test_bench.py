@@ -202,6 +202,14 @@ def benchmark_script(name: str):
     return mod
 
 
+def test_benchmark_scripts_load():
+    """Every script of benchmarks/ imports what it names (one had imported a function auto.py no longer had)."""
+    scripts = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py"))
+    assert scripts
+    for path in scripts:
+        assert callable(getattr(benchmark_script(path.stem), "main", None)), path.name
+
+
 def test_auto_check_reads_tables_as_one(tmp_path):
     """benchmarks/auto_check.py: the best single defense per cell, auto judged against it, two tables merged."""
     mod = benchmark_script("auto_check")
