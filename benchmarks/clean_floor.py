@@ -10,7 +10,8 @@ reads the JSON this writes.
 
 The run goes to bench/clean-floor/run (kept, so a second call only evaluates); the floors to
 docs/results/clean_floor.json. `--train-size 10000` trains on the seeded 10 000-image subset the core-10k grid
-uses instead (bench/clean-floor-10000/run, docs/results/clean_floor-10000.json).
+uses instead (bench/clean-floor-10000/run, docs/results/clean_floor-10000.json). `--seed 1` trains and
+triggers with seed 1, as a grid's seed-1 cells do (another subset, init and triggers; files end in -s1).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6, help="the recipe's epochs (core grid: 6)")
     ap.add_argument("--train-size", type=int, help="train on a seeded subset this large (core-10k: 10000)")
+    ap.add_argument("--seed", type=int, default=0, help="the grid cells' seed (default 0)")
     ap.add_argument("--out", help="default: docs/results/clean_floor.json, or clean_floor-N.json with --train-size")
     args = ap.parse_args()
-    tag = f"-{args.train_size}" if args.train_size else ""
+    tag = (f"-{args.train_size}" if args.train_size else "") + (f"-s{args.seed}" if args.seed else "")
     out = Path(args.out) if args.out else ROOT / "docs" / "results" / f"clean_floor{tag}.json"
     run = ROOT / "bench" / f"clean-floor{tag}" / "run"
-    train = {"train.epochs": args.epochs, "train.threads": 1}
+    train = {"train.epochs": args.epochs, "train.threads": 1, "seed": args.seed}
     if not (run / "result.json").is_file():
         clean = {"attack": None, "defense": "vanilla", "train_size": args.train_size, **train}
         api.train(api.make_config(overrides=clean), run, overwrite=True)
@@ -45,7 +47,7 @@ def main() -> None:
         floors[attack] = {"clean_acc": round(r["clean_acc"], 4), "asr": round(r["asr"], 4)}
         print(f"{attack:16s} CA {r['clean_acc']:.3f}  ASR {r['asr']:.4f}", flush=True)
     size = f"{args.train_size} images of the" if args.train_size else "the full"
-    write_json(out, {"recipe": f"fashion-mnist, small-cnn, {args.epochs} epochs, seed 0, {size} clean training set",
+    write_json(out, {"recipe": f"fashion-mnist, small-cnn, {args.epochs} epochs, seed {args.seed}, {size} clean training set",
                      "test": "the full test split", "code": api.code_version(), "floors": floors})
 
 
