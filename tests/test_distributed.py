@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,17 @@ def torchrun(log_dir: Path, *args: str) -> subprocess.CompletedProcess:
            str(WORKER), str(log_dir), *args]
     env = {k: v for k, v in os.environ.items() if k not in dist.ENV_KEYS + ("LOCAL_WORLD_SIZE",)}
     env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=TESTS.parent)
+    # its own session, so that a timeout kills the workers too: an orphaned pair keeps the standalone rendezvous
+    # and makes the next launch hang (seen after a launch timed out on two cores a bench was using)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS.parent,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def writes(log_dir: Path, command: int, rank: int) -> list[str]:
