@@ -54,7 +54,7 @@ def main() -> None:
     probs = reference_probs(data, ctx, s.reference_epochs)
     contradicted = given_prob(probs, data) < s.contradict_below
     far = far_contradicted(probs, data, s)
-    label, _, index = far_target(probs, data, s)
+    label, _, index = far_target(probs, data, s, far)
     what = f"{int(flagged.sum())} flags, " if flagged is not None else ""
     print(f"{args.cell} {' '.join(args.set or [])}: {what}{int(poison.sum())} poison, target {prep.target}, "
           f"far target {label}")

@@ -374,7 +374,8 @@ def far_contradicted(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -
     return (given_prob(probs, train) < s.contradict_below) & (related[y, pred] < s.far_below)
 
 
-def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tuple[int, list[int], list[float]]:
+def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings",
+               far: torch.Tensor | None = None) -> tuple[int, list[int], list[float]]:
     """Step 2a: the label whose samples the clean-set model contradicts in favour of *unrelated* classes far more
     often than any other label's, with every label's count of such "far" contradictions and its anomaly index
     ((count - median) / (1.4826 × MAD), the MAD at least 1); -1 when no label reaches `far_index` and `far_min`.
@@ -382,8 +383,10 @@ def far_target(probs: torch.Tensor, train: ImageData, s: "AutoSettings") -> tupl
     Related classes (`far_contradicted`): T-shirt and shirt are, T-shirt and sneaker are not. A clean
     sample the reference contradicts is a hard one, and it goes to a related class; an all-to-one attack's
     dirty-label poison is images of every other class labelled with the target, and the reference calls them by
-    their own class, related or not. The bars and the numbers behind them: the module docstring, step 2a."""
-    counts = torch.bincount(train.y.cpu()[far_contradicted(probs, train, s)], minlength=probs.shape[1]).double()
+    their own class, related or not. The bars and the numbers behind them: the module docstring, step 2a.
+    `far`: `far_contradicted`'s mask when the caller has it already."""
+    far = far_contradicted(probs, train, s) if far is None else far
+    counts = torch.bincount(train.y.cpu()[far], minlength=probs.shape[1]).double()
     med = counts.median()
     mad = max(1.4826 * float((counts - med).abs().median()), 1.0)
     index = (counts - med) / mad
@@ -451,7 +454,7 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
                 info.update(target_label=named, retargeted_from=label)
                 label = named
             if s.far_below > 0:
-                far, far_counts, far_index = far_target(probs, train, s)
+                far, far_counts, far_index = far_target(probs, train, s, far_mask)
                 info.update(far_contradicted=far_counts, far_index=far_index, far_target=far)
                 if far >= 0 and far != label:
                     ctx.log(f"the clean-set model calls {far_counts[far]} samples of label {far} by an unrelated "
