@@ -172,7 +172,8 @@ def test_shipped_grids_are_valid():
               "auto-retarget-check.yaml": 2, "core-10k.yaml": 84, "auto-clean.yaml": 5,
               "auto-clean-full.yaml": 2, "auto-clean-seeds.yaml": 4, "auto-target6.yaml": 8,
               "auto-full-check.yaml": 24, "auto-confirmed-10k.yaml": 24,
-              "auto-confirmed-full.yaml": 12, "core-10k-seeds.yaml": 168}
+              "auto-confirmed-full.yaml": 12, "core-10k-seeds.yaml": 168,
+              "core-10k-1pct-seeds.yaml": 162}
     assert {p.name for p in root.glob("*.yaml")} == set(counts)  # a new grid gets a count here
     for name, n in counts.items():
         grid = load_grid(root / name)
