@@ -47,8 +47,8 @@ def score_ranks(path: Path, n: int) -> np.ndarray:
     return s.argsort().argsort() / n
 
 
-def features(bench: Path, run: str, x: torch.Tensor, model: str) -> np.ndarray:
-    net = make_model(model, x.shape[1], 10, x.shape[2])
+def features(bench: Path, run: str, x: torch.Tensor, model: str, num_classes: int) -> np.ndarray:
+    net = make_model(model, x.shape[1], num_classes, x.shape[2])
     net.load_state_dict(load_file(str(bench / "runs" / run / "model.safetensors")))
     net.eval()
     with torch.no_grad():
@@ -61,12 +61,20 @@ def main() -> None:
     ap.add_argument("cell", help="a poisoned set of it, attack-rate-seed, e.g. adaptive_patch-10pct-s1")
     ap.add_argument("--write", type=Path, help="write kept / relabelled .npz and train configs here")
     args = ap.parse_args()
-    attack, rate, seed = args.cell.rsplit("-", 2)
+    parts = args.cell.rsplit("-", 2)
+    if len(parts) != 3:
+        raise SystemExit(f"cell {args.cell!r}: expected attack-rate-seed, e.g. adaptive_patch-10pct-s1")
+    attack, rate, seed = parts
+    vanilla, auto = f"{attack}-{rate}-vanilla-{seed}", f"{attack}-{rate}-auto-{seed}"
+    for need in (f"data/{args.cell}.npz", f"cells/{vanilla}.yaml", f"runs/{vanilla}/model.safetensors",
+                 f"runs/{auto}/suspects.csv"):
+        if not (args.bench / need).is_file():
+            raise SystemExit(f"{args.bench / need}: not found (the bench needs this cell's vanilla and auto runs)")
     pd = load_npz(args.bench / "data" / f"{args.cell}.npz")
-    cfg = yaml.safe_load((args.bench / "cells" / f"{attack}-{rate}-vanilla-{seed}.yaml").read_text())
+    cfg = yaml.safe_load((args.bench / "cells" / f"{vanilla}.yaml").read_text())
     y, kind, orig = pd.data.y.numpy(), pd.kind.numpy(), pd.original.numpy()
     n, poison, target = len(y), kind == POISON, int(cfg["target"])
-    suspects = args.bench / "runs" / f"{attack}-{rate}-auto-{seed}" / "suspects.csv"
+    suspects = args.bench / "runs" / auto / "suspects.csv"
     removed = removed_mask(suspects, n)
     missed = poison & ~removed
     print(f"{args.cell}: {int(poison.sum())} poison, {int(removed.sum())} removed, {int(missed.sum())} poison kept")
@@ -74,7 +82,7 @@ def main() -> None:
     ranks = score_ranks(suspects, n)[missed]
     if len(ranks):
         print(f"  their mean-rank score quantile: {ranks.min():.2f}-{ranks.max():.2f} (median {np.median(ranks):.2f})")
-    f = features(args.bench, f"{attack}-{rate}-vanilla-{seed}", pd.data.x, cfg["model"])
+    f = features(args.bench, vanilla, pd.data.x, cfg["model"], pd.data.num_classes)
     t = y == target
     r, k = t & removed, t & ~removed
     mu_r, mu_k = f[r].mean(0), f[k].mean(0)
@@ -92,9 +100,9 @@ def main() -> None:
         args.write.mkdir(parents=True, exist_ok=True)
         keep = torch.from_numpy(~removed)
         back = removed & poison  # oracle: the removed poison under its true label
-        part = pd.subset(torch.from_numpy(~removed | back))
+        both = pd.subset(torch.from_numpy(~removed | back))
         new_y = torch.from_numpy(np.where(back, orig, y)[~removed | back])
-        relabelled = replace(part, data=part.data.with_labels(new_y))
+        relabelled = replace(both, data=both.data.with_labels(new_y))
         for name, part in (("kept", pd.subset(keep)), ("relabelled", relabelled)):
             save_npz(part, args.write / f"{name}.npz")
             run = {**cfg, "data": str((args.write / f"{name}.npz").resolve())}

@@ -421,7 +421,10 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
                 class_tail=[round(float(v), 2) for v in tail],
                 flagged_classes=[c for c in range(k) if flagged[y_np == c].any()],
                 seconds=round(info["rounds"][-1]["seconds"] + time.perf_counter() - t0, 1))
+    def short(values: list[float]) -> str:  # the paper's ratio is exp(ΔLL / n): 1e48 for a clean split
+        return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
     ctx.log(f"{int(suspects.sum())} suspects, {int(flagged.sum())} flagged after the filter; "
-            f"filter {s.filter_rule}; class ratios {info['class_ratio']}, enrichment {info['class_enrichment']}, "
-            f"tail {info['class_tail']}")
+            f"filter {s.filter_rule}; class ratios {short(info['class_ratio'])}, "
+            f"enrichment {short(info['class_enrichment'])}, tail {short(info['class_tail'])}")
     return Detection(-losses, torch.from_numpy(np.asarray(flagged)), info)
