@@ -421,6 +421,7 @@ def ct(train: ImageData, ctx: DefenseContext, s: CTSettings) -> Detection:
                 class_tail=[round(float(v), 2) for v in tail],
                 flagged_classes=[c for c in range(k) if flagged[y_np == c].any()],
                 seconds=round(info["rounds"][-1]["seconds"] + time.perf_counter() - t0, 1))
+
     def short(values: list[float]) -> str:  # the paper's ratio is exp(ΔLL / n): 1e48 for a clean split
         return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
 
