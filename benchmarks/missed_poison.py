@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from cleantrain.data.core import POISON
+from cleantrain.data.core import POISON, ImageData
 from cleantrain.data.io import load_npz, save_npz
-from cleantrain.models.base import make_model
+from cleantrain.store.artifacts import load_model
+from cleantrain.train import Trainer, TrainSettings
 
 
 def removed_mask(path: Path, n: int) -> np.ndarray:
@@ -47,12 +47,11 @@ def score_ranks(path: Path, n: int) -> np.ndarray:
     return s.argsort().argsort() / n
 
 
-def features(bench: Path, run: str, x: torch.Tensor, model: str, num_classes: int) -> np.ndarray:
-    net = make_model(model, x.shape[1], num_classes, x.shape[2])
-    net.load_state_dict(load_file(str(bench / "runs" / run / "model.safetensors")))
-    net.eval()
-    with torch.no_grad():
-        return torch.cat([net.features(x[i:i + 1000].float() / 255) for i in range(0, len(x), 1000)]).numpy()
+def features(bench: Path, run: str, data: ImageData) -> np.ndarray:
+    """The vanilla run's penultimate features of every training sample."""
+    model, _ = load_model(bench / "runs" / run / "model.safetensors")
+    trainer = Trainer(TrainSettings(threads=1), torch.device("cpu"), progress=False)
+    return trainer.features(model, data).numpy()
 
 
 def main() -> None:
@@ -82,7 +81,7 @@ def main() -> None:
     ranks = score_ranks(suspects, n)[missed]
     if len(ranks):
         print(f"  their mean-rank score quantile: {ranks.min():.2f}-{ranks.max():.2f} (median {np.median(ranks):.2f})")
-    f = features(args.bench, vanilla, pd.data.x, cfg["model"], pd.data.num_classes)
+    f = features(args.bench, vanilla, pd.data)
     t = y == target
     r, k = t & removed, t & ~removed
     mu_r, mu_k = f[r].mean(0), f[k].mean(0)
