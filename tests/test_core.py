@@ -154,6 +154,27 @@ def test_per_sample_loss_matches_manual(small):
     assert torch.allclose(losses, ref, atol=1e-5)
 
 
+def test_cpu_amp_runs_convolutions_in_bfloat16(small):
+    train, _ = small
+    data = train.head(300)
+    torch.manual_seed(0)
+    mean, std = data.channel_stats()
+    model = make_model("small-cnn", 1, 10, 28, mean, std)
+    seen = []
+    model.b2[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    t = Trainer(TrainSettings(epochs=1, cpu_amp=True), seed=0, progress=False)
+    t.fit(model, data)
+    assert seen and set(seen) == {torch.bfloat16}  # every training step's convolution ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    seen.clear()
+    amp = t.per_sample_loss(model, data)
+    assert set(seen) == {torch.bfloat16} and amp.dtype == torch.float32
+    seen.clear()
+    fp32 = Trainer(TrainSettings(), progress=False).per_sample_loss(model, data)
+    assert set(seen) == {torch.float32}  # off by default
+    assert torch.allclose(amp, fp32, rtol=0.05, atol=0.05) and not torch.equal(amp, fp32)
+
+
 def test_cli_train_end_to_end(tmp_path, run_cli):
     out = tmp_path / "runs" / "v"
     code, stdout, _ = run_cli("train", "--attack", "badnets", "--rate", "0.1", "--train-size", "2000",

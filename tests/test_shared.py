@@ -105,3 +105,14 @@ def test_a_hit_counts_the_reused_work(small, tmp_path, monkeypatch):
     shared.normal_fit(data, _ctx(data))
     assert shared.reused_seconds() == before + meta["seconds"]
     assert shared.reused_cpu_seconds() == before_cpu + meta["cpu_seconds"]
+
+
+def test_a_later_setting_at_its_old_value_keeps_the_key(small):
+    data = small[0].head(200)
+    ctx = _ctx(data)
+    before = shared.model_key(data, ctx, 1)
+    # the key of the recipe without `cpu_amp`, as it was computed before the setting existed
+    recipe = {k: v for k, v in shared.asdict(ctx.trainer.s).items() if k not in shared.EVAL_ONLY and k != "cpu_amp"}
+    assert shared._meta(ctx)["train"] == recipe
+    ctx.trainer.s = TrainSettings(epochs=1, batch_size=128, cpu_amp=True)
+    assert shared._meta(ctx)["train"]["cpu_amp"] is True and shared.model_key(data, ctx, 1) != before

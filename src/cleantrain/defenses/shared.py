@@ -42,6 +42,9 @@ from .base import DefenseContext, Detection
 CACHE_ENV = "CLEANTRAIN_CACHE_DIR"
 # recipe settings that never change a trained model (threads; how often and on what it is evaluated): not in keys
 EVAL_ONLY = ("threads", "eval_every", "eval_batch_size", "eval_sample")
+# settings added after keys were first written, with the value they had implicitly before: in a key only when set
+# otherwise, so that every earlier key (and the initial weights and batch order it seeds) stays the same
+LATER = {"cpu_amp": False}
 _memory: OrderedDict[str, tuple[dict[str, torch.Tensor], Any]] = OrderedDict()
 _MEMORY_ITEMS = 6  # results kept in memory (a few MB each)
 _reused = [0.0, 0.0]  # wall and CPU seconds of computation this process took from the cache instead of doing it
@@ -63,7 +66,8 @@ def _hash_data(h, data: ImageData) -> None:
 
 
 def _meta(ctx: DefenseContext) -> dict[str, Any]:
-    recipe = {k: v for k, v in asdict(ctx.trainer.s).items() if k not in EVAL_ONLY}
+    recipe = {k: v for k, v in asdict(ctx.trainer.s).items()
+              if k not in EVAL_ONLY and not (k in LATER and v == LATER[k])}
     return {"model": ctx.model_key, "train": recipe, "seed": ctx.seed, "device": ctx.trainer.device.type}
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), where `cpu_amp` pays off."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume not
+        return False
+
+
 class Trainer:
     def __init__(
         self,
@@ -93,6 +102,9 @@ class Trainer:
         self.clock0, self.cpu0 = time.perf_counter(), time.process_time()
         self.carried_seconds = self.carried_cpu_seconds = 0.0
         torch.set_num_threads(self.s.threads or dist.cpu_threads())
+        if self.s.cpu_amp and self.device.type == "cpu" and not cpu_has_bf16():
+            warnings.warn("cpu_amp: this CPU has no native bfloat16 (AVX512_BF16 / AMX); training will be slower, "
+                          "not faster", stacklevel=2)
         if dist.init():  # under torchrun: this rank's GPU; progress bars on rank 0 only
             self.device = dist.local_device(self.device)
             self.progress = self.progress and dist.is_main()
@@ -116,6 +128,8 @@ class Trainer:
     def _autocast(self):
         if self.s.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.s.cpu_amp and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
