@@ -18,6 +18,18 @@ def context(data, clean=None, epochs=2, seed=0):
     return DefenseContext(trainer, "small-cnn", data.shape, data.num_classes, mean, std, seed, clean=clean)
 
 
+import cleantrain.defenses.auto as _auto
+
+REAL_TRANSFER = _auto.trigger_transfer
+
+
+@pytest.fixture(autouse=True)
+def no_transfer(monkeypatch):
+    """Step 2d trains two models; the cases built from a few fake samples test the other steps, so here it finds
+    nothing unless a test puts REAL_TRANSFER (or its own) back."""
+    monkeypatch.setattr(_auto, "trigger_transfer", lambda *a: {"confirmed": False})
+
+
 @pytest.fixture(scope="module")
 def poisoned(small):
     train, test = small
@@ -575,3 +587,68 @@ def test_the_reference_confirms_only_contradictions_in_favour_of_unrelated_class
     for bad in (-0.1, 1.5):
         with pytest.raises(UserError, match="far_share"):
             defense_settings("auto", {"far_share": bad})
+
+
+def test_a_trigger_that_transfers_confirms_the_target(poisoned, small):
+    """Step 2d on real images: BadNets poison (a quarter of 1 200, label 0): its mean residual added onto the clean
+    set's other images turns them into label 0 on the model trained on all the data, not on the one trained without
+    the poison. On clean data a label's hard samples (those a normal model gets wrong) give a residual both models
+    read alike."""
+    from cleantrain.data.core import POISON
+    from cleantrain.defenses.shared import normal_model
+
+    pd, test = poisoned
+    ctx = context(pd.data, test.head(200, seed=2), epochs=2)
+    s = AutoSettings()
+    got = REAL_TRANSFER(pd.data, ctx, pd.kind.cpu() == POISON, 0, s)
+    assert got["confirmed"], got
+    rates = got["flip_rates"]
+    assert [r[0] for r in rates] == [1.0, 1.5, 2.0, 3.0, 4.0]
+    assert max(r[1] - r[2] for r in rates if r[3] >= 0.5) >= 0.5  # the backdoor fires; without the poison, no
+    train, _ = small
+    clean = train.head(1200, seed=4)
+    cctx = context(clean, test.head(200, seed=2), epochs=2)
+    wrong = cctx.trainer.predict(normal_model(clean, cctx), clean).cpu() != clean.y.cpu()
+    for label in (0, 6):
+        hard = wrong & (clean.y.cpu() == label)
+        assert int(hard.sum()) >= 5
+        none = REAL_TRANSFER(clean, cctx, hard, label, s)
+        assert not none["confirmed"], (label, none)
+    assert REAL_TRANSFER(clean, cctx, torch.zeros(len(clean), dtype=torch.bool), 0, s)["skipped"]
+
+
+def test_a_transferred_trigger_confirms_what_nothing_else_does(monkeypatch):
+    """Wiring: an unconfirmed target (the reference contradicts none of its flags, SCAn flags nothing) is confirmed
+    by step 2d alone: its flags are removed, nothing is unlearned (clean-label), and the reference adds nothing.
+    Step 2d runs only when nothing else confirmed the target, and never with transfer_scales=()."""
+    import cleantrain.defenses.auto as auto_mod
+    from cleantrain.defenses.base import DefenseResult
+
+    data, det, flagged = label_case()
+    ctx = context(data, clean=data)
+    p = torch.ones(20)
+    monkeypatch.setattr(auto_mod, "reference_probs", lambda train, ctx, epochs: as_probs(p, train.y))
+    monkeypatch.setattr(auto_mod, "detect_union", lambda train, ctx, s: Detection(det.scores, det.flagged, {}))
+    monkeypatch.setattr(auto_mod, "retrain_kept", lambda train, ctx, d: DefenseResult(None, d.scores, d.flagged, [],
+                                                                                      d.info))
+    calls = []
+
+    def transfer(train, ctx, mine, label, s):
+        calls.append((int(mine.sum()), label))
+        return {"confirmed": True, "best": "x 4"}
+
+    monkeypatch.setattr(auto_mod, "trigger_transfer", transfer)
+    s = AutoSettings(spread_min_flags=3)
+    got = auto_mod.detect_auto(data, ctx, s)
+    assert calls == [(3, 0)] and got.info["target_confirmed_by"] == ["transfer"]
+    assert got.flagged.tolist() == [True] * 3 + [False] * 17 and "target_contradicted" not in got.info
+    assert auto_mod.auto(data, ctx, s).info["unlearn_skipped"] == "clean-label"
+    calls.clear()
+    assert auto_mod.detect_auto(data, ctx, AutoSettings(spread_min_flags=3, transfer_scales=())).info[
+        "no_attack_found"] and calls == []
+    p[1] = 0.01  # the reference confirms: step 2d is not asked
+    assert auto_mod.detect_auto(data, ctx, s).info["target_confirmed_by"] == ["reference"] and calls == []
+    for bad in ({"transfer_scales": [0]}, {"transfer_scales": [200]}, {"transfer_lift": 0}, {"transfer_ratio": 0.5},
+                {"transfer_keep": 2}):
+        with pytest.raises(UserError, match="transfer_"):
+            defense_settings("auto", bad)
