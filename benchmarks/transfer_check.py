@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 
 def main() -> None:
@@ -52,9 +51,7 @@ def main() -> None:
     union, y = det.flagged.cpu().bool(), train.y.cpu()
     poison = prep.poisoned.kind.cpu() == POISON
     for label in a.labels:
-        own = union & (y == label)
-        in_label = torch.where(y == label, det.scores.cpu().float(), float("-inf"))
-        mine = own | (auto.rank_top(in_label, round(s.target_widen * int(own.sum()))) & (y == label))
+        mine = auto.label_suspects(union, det.scores, y, label, s)
         got = auto.trigger_transfer(train, ctx, mine, label, s)
         print(json.dumps({"cell": f"{bench.name}/{a.cell}", "label": label, "target": prep.target if cfg.attack else None,
                           "suspects": int(mine.sum()), "poison": int((mine & poison).sum()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cleantrain.defenses.auto as _auto
 from cleantrain.attacks import make_attack
 from cleantrain.defenses.auto import AutoSettings, detect_auto, detect_union, rank01, suspect_fit, unlearn_residual
 from cleantrain.defenses.base import DefenseContext, Detection, defense_settings, run_detector
@@ -17,8 +18,6 @@ def context(data, clean=None, epochs=2, seed=0):
     trainer = Trainer(TrainSettings(epochs=epochs, threads=1), "cpu", seed, progress=False)
     return DefenseContext(trainer, "small-cnn", data.shape, data.num_classes, mean, std, seed, clean=clean)
 
-
-import cleantrain.defenses.auto as _auto
 
 REAL_TRANSFER = _auto.trigger_transfer
 

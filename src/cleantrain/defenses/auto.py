@@ -460,6 +460,15 @@ def reference_target(label: int, counts: list[int], s: AutoSettings) -> int:
     return label
 
 
+def label_suspects(union: torch.Tensor, scores: torch.Tensor, y: torch.Tensor, label: int,
+                   s: AutoSettings) -> torch.Tensor:
+    """The label's flags united with its `target_widen` × as many top-ranked samples: what `auto` removes for an
+    all-to-one target, and what steps 2c and 2d judge."""
+    own = union & (y == label)
+    in_label = torch.where(y == label, scores.cpu().float(), float("-inf"))
+    return own | (rank_top(in_label, round(s.target_widen * int(own.sum()))) & (y == label))
+
+
 def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detection:
     """The detectors' union (`detect_union`), then, with `remove: target`, only the target label's flags united
     with that label's top-ranked samples, and what the clean-set model's checks add (step 2b): what auto removes
@@ -501,8 +510,7 @@ def detect_auto(train: ImageData, ctx: DefenseContext, s: AutoSettings) -> Detec
         purity >= s.target_purity or "retargeted_from" in info or confirm)
     if one_target:
         own = union & (y == label)
-        in_label = torch.where(y == label, det.scores.cpu().float(), float("-inf"))
-        flagged = own | (rank_top(in_label, round(s.target_widen * int(own.sum()))) & (y == label))
+        flagged = label_suspects(union, det.scores, y, label, s)
         info["kept_other_labels"] = int((union & ~own).sum())
         info["target_widened"] = int((flagged & ~own).sum())
         why = "named by the clean-set model" if "retargeted_from" in info else f"{purity:.0%} of the most suspect flags"
