@@ -40,7 +40,7 @@ class Superimposed(nn.Module):
     def __init__(self, net: Net, background: torch.Tensor):
         super().__init__()
         self.net = net
-        self.register_buffer("bg", net.normalize(background[None].float() / 255.0))
+        self.register_buffer("bg", net.normalize(background[None].to(net.mean.device).float() / 255.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.head(self.net.embed(self.net.normalize(x) + self.bg))
