@@ -251,3 +251,14 @@ def test_spectral_signature_flags_a_planted_cluster():
     scores = spectral_scores(torch.from_numpy(feats).float())
     top = torch.argsort(scores, descending=True)[:25]
     assert set(top.tolist()) == set(range(25))
+
+
+def test_strip_overlay_follows_the_model_device():
+    """STRIP's overlay goes to the model's device (it stayed on the CPU and failed on CUDA, found on an H200);
+    the meta device stands in for a GPU here."""
+    from cleantrain.defenses.strip import Superimposed
+    from cleantrain.models import make_model
+
+    net = make_model("small-cnn", 1, 10, 28, mean=[0.5], std=[0.25]).to("meta")
+    layer = Superimposed(net, torch.zeros(1, 28, 28, dtype=torch.uint8))
+    assert layer.bg.device.type == "meta"
