@@ -2,12 +2,15 @@
 # The core grid on a lent GPU machine (the `device` tool): a smoke grid first (every defense on CUDA, 18 tiny runs),
 # then benchmarks/grids/core.yaml until TOTAL_SECONDS have passed, then the report. What comes back lies under $OUT:
 # gpu.txt, smoke.log, core.log and core.tgz (table, run store, every run's result.json and log, report.html).
-# Fashion-MNIST travels in .gpu/cache/fashion-mnist (the four IDX .gz files; .gpu/ is git-ignored locally).
+# Fashion-MNIST travels in .gpu/cache/fashion-mnist (Debian's four IDX .gz files, recompressed, so not the
+# official md5s: they go where the Debian package puts them; .gpu/ is git-ignored).
 #   run: bash benchmarks/device_core.sh   (carry: [.gpu])
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 CLEANTRAIN_NO_APT=1 CLEANTRAIN_CACHE=$PWD/.gpu/cache
 OUT=${OUT:-/tmp/out}; JOBS=${JOBS:-10}; TOTAL_SECONDS=${TOTAL_SECONDS:-540}  # smoke + core grid, then report
 mkdir -p "$OUT"
+D=/usr/share/datasets/fashion-mnist
+[ -f $D/t10k-labels-idx1-ubyte.gz ] || { mkdir -p $D && cp .gpu/cache/fashion-mnist/*.gz $D/; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -V
   python3 -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))"; } \
   > "$OUT/gpu.txt" 2>&1
