@@ -173,7 +173,7 @@ def test_shipped_grids_are_valid():
               "auto-clean-full.yaml": 2, "auto-clean-seeds.yaml": 4, "auto-target6.yaml": 8,
               "auto-full-check.yaml": 24, "auto-confirmed-10k.yaml": 24,
               "auto-confirmed-full.yaml": 12, "core-10k-seeds.yaml": 168,
-              "core-10k-1pct-seeds.yaml": 162}
+              "core-10k-1pct-seeds.yaml": 162, "auto-transfer-oos.yaml": 4, "gpu-smoke.yaml": 18}
     assert {p.name for p in root.glob("*.yaml")} == set(counts)  # a new grid gets a count here
     for name, n in counts.items():
         grid = load_grid(root / name)
